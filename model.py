@@ -1,0 +1,495 @@
+"""A single-file LLaMA (RMSNorm, SwiGLU, GQA, RoPE with every common scaling) that takes explicit positions.
+
+Read it bottom-up: config -> RoPE -> RMSNorm -> attention -> MLP -> block -> model -> weights in and out.
+The one thing PoSE needs from a model is `forward(idx, pos)`: every row of a batch carries its own,
+possibly skipped, integer positions, and cos/sin are gathered per row. Layout and names follow Hugging Face's
+rotate-half convention (dim i is paired with dim i + head_dim/2), so HF checkpoints load as they are and Meta
+checkpoints get their q/k rows permuted once, on load.
+"""
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "yarn_pose", "llama3", "longrope")
+
+
+def llama_ffn_dim(dim, multiple_of=256, ffn_dim_multiplier=None):
+    """Meta's rule for the SwiGLU hidden size: 2/3 of 4*dim, times an optional multiplier, rounded up."""
+    hidden = int(2 * 4 * dim / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def normalize_rope_scaling(rs):
+    """An HF-style scaling dict ('type' or 'rope_type') -> a dict with 'rope_type', or None for plain RoPE."""
+    if not rs:
+        return None
+    rs = {k: v for k, v in rs.items() if k not in ("type", "rope_theta")} | {"rope_type": rs.get("rope_type", rs.get("type"))}
+    if rs["rope_type"] not in ROPE_TYPES:
+        raise ValueError(f"unknown rope type {rs['rope_type']!r}; expected one of {', '.join(ROPE_TYPES)}")
+    if rs["rope_type"] == "default":
+        return None
+    if rs["rope_type"] == "ntk":
+        rs.setdefault("alpha", rs.get("factor"))
+    key = "alpha" if rs["rope_type"] == "ntk" else "factor"
+    if rs["rope_type"] == "longrope":  # per-dim divisors; factor only sets the default attention factor
+        rs.setdefault("factor", 1.0)
+    if not isinstance(rs.get(key), (int, float)) or rs[key] < 1:
+        raise ValueError(f"rope type {rs['rope_type']!r} needs {key!r} >= 1, got {rs.get(key)!r}")
+    return rs
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 8
+    n_kv_heads: int | None = None      # None: plain multi-head attention; fewer than n_heads: GQA
+    head_dim: int | None = None        # None: dim // n_heads
+    vocab_size: int = 4096
+    hidden_dim: int | None = None      # SwiGLU width; None: Meta's rule
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None   # e.g. {"rope_type": "linear", "factor": 8.0}
+    max_seq_len: int = 2048            # the context the model is meant for (the target length once extended)
+    tie_embeddings: bool = False
+
+    def __post_init__(self):
+        self.n_kv_heads = self.n_kv_heads or self.n_heads
+        self.head_dim = self.head_dim or self.dim // self.n_heads
+        self.hidden_dim = self.hidden_dim or llama_ffn_dim(self.dim)
+        self.rope_scaling = normalize_rope_scaling(self.rope_scaling)
+        assert self.n_heads % self.n_kv_heads == 0, f"n_heads {self.n_heads} not a multiple of n_kv_heads {self.n_kv_heads}"
+        assert self.head_dim % 2 == 0, f"head_dim must be even for RoPE, got {self.head_dim}"
+
+    @property
+    def original_len(self):
+        """L0, the length the RoPE was pretrained at (HF: original_max_position_embeddings, else the max length)."""
+        return (self.rope_scaling or {}).get("original_max_position_embeddings", self.max_seq_len)
+
+
+# ----------------------------------------------------------------------------- RoPE
+def rope_inv_freq(cfg, seq_len=None):
+    """inv_freq (head_dim/2,) in float64 and the attention factor that multiplies cos and sin.
+
+    `seq_len` matters only for 'dynamic', whose base grows with the longest position seen, and 'longrope',
+    which switches from short to long divisors past L0 (both HF semantics)."""
+    d, base, rs = cfg.head_dim, cfg.rope_theta, cfg.rope_scaling or {"rope_type": "default"}
+    kind, s, L0 = rs["rope_type"], rs.get("factor", 1.0), cfg.original_len
+    if kind == "ntk":     # fixed NTK-aware: a larger base, nothing else; exported as a new rope_theta
+        base = base * rs["alpha"] ** (d / (d - 2))
+    if kind == "dynamic":
+        L = max(seq_len or 0, L0)
+        base = base * ((s * L / L0) - (s - 1)) ** (d / (d - 2))
+    inv_freq = 1.0 / base ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    if kind == "linear":  # position interpolation: every position divided by s
+        return inv_freq / s, 1.0
+    if kind in ("yarn", "yarn_pose"):
+        # dims that turn fewer than beta_slow times over L0 are interpolated, more than beta_fast kept, a ramp between
+        def corr_dim(rot):
+            return d * math.log(L0 / (rot * 2 * math.pi)) / (2 * math.log(base))
+        low = max(math.floor(corr_dim(rs.get("beta_fast") or 32)), 0)
+        high = min(math.ceil(corr_dim(rs.get("beta_slow") or 1)), d - 1)
+        ramp = ((torch.arange(d // 2, dtype=torch.float64) - low) / max(high - low, 1e-3)).clamp(0, 1)
+        keep = 1 - ramp       # 1: keep the original frequency (extrapolate), 0: divide by s (interpolate)
+        if kind == "yarn":    # transformers' blend of the two frequencies
+            inv_freq = inv_freq / s * (1 - keep) + inv_freq * keep
+        else:                 # the official PoSE code's "revised" blend of the divisors instead
+            inv_freq = inv_freq / ((1 - keep) * s + keep)
+        return inv_freq, rs.get("attention_factor") or (0.1 * math.log(s) + 1.0 if s > 1 else 1.0)
+    if kind == "longrope":
+        divisors = rs["long_factor"] if (seq_len or 0) > L0 else rs["short_factor"]
+        att = rs.get("attention_factor") or (math.sqrt(1 + math.log(s) / math.log(L0)) if s > 1 else 1.0)
+        return inv_freq / torch.tensor(divisors, dtype=torch.float64), att
+    if kind == "llama3":
+        lo, hi = rs.get("low_freq_factor", 1.0), rs.get("high_freq_factor", 4.0)
+        wavelen = 2 * math.pi / inv_freq
+        smooth = ((L0 / wavelen - lo) / (hi - lo)).clamp(0, 1)  # 0 for long wavelengths (÷s), 1 for short (kept)
+        return inv_freq / s * (1 - smooth) + inv_freq * smooth, 1.0
+    return inv_freq, 1.0
+
+
+class RoPE(nn.Module):
+    """cos/sin tables gathered at arbitrary integer positions, always in float32."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        inv_freq, self.attention_factor = rope_inv_freq(cfg)
+        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+
+    def forward(self, pos):
+        inv_freq = self.inv_freq
+        if self.cfg.rope_scaling and self.cfg.rope_scaling["rope_type"] in ("dynamic", "longrope"):
+            inv_freq = rope_inv_freq(self.cfg, int(pos.max()) + 1)[0].float().to(pos.device)
+        # bf16 angles are wrong by whole radians at large positions, so autocast is switched off here
+        with torch.autocast(pos.device.type, enabled=False):
+            angles = pos[..., None].float() * inv_freq       # (B, T, hd/2)
+            angles = torch.cat((angles, angles), dim=-1)      # (B, T, hd): rotate-half layout
+            return angles.cos() * self.attention_factor, angles.sin() * self.attention_factor
+
+
+def apply_rope(x, cos, sin):
+    """Rotate pairs (i, i + hd/2) of x (B, nh, T, hd) by the angles behind cos/sin (B, 1, T, hd), in float32."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    return (xf * cos + torch.cat((-x2, x1), dim=-1) * sin).type_as(x)
+
+
+# ----------------------------------------------------------------------------- the transformer
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()  # the variance in float32, as LLaMA does, then back to the input dtype
+        return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.nh, self.nkv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, self.nh * self.hd, bias=False)
+        self.wk = nn.Linear(cfg.dim, self.nkv * self.hd, bias=False)
+        self.wv = nn.Linear(cfg.dim, self.nkv * self.hd, bias=False)
+        self.wo = nn.Linear(self.nh * self.hd, cfg.dim, bias=False)
+
+    def forward(self, x, cos, sin, cache=None):
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.nh, self.hd).transpose(1, 2)   # (B, nh, T, hd)
+        k = self.wk(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
+        v = self.wv(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        P = 0
+        if cache is not None:  # a list [k, v] this layer owns; keys are cached already rotated
+            P = 0 if cache[0] is None else cache[0].size(2)
+            if P:
+                k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)  # (B, nkv, P+T, hd)
+            cache[:] = [k, v]
+        # causal over the whole window: later chunks see earlier ones, whatever their positions
+        mask = None if P == 0 or T == 1 else torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(P)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=P == 0 and T > 1,
+                                           enable_gqa=self.nkv != self.nh)            # (B, nh, T, hd)
+        return self.wo(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # gate
+        self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # up
+        self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)  # down
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward = MLP(cfg)
+
+    def forward(self, x, cos, sin, cache=None):
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+def chunked_cross_entropy(h, weight, targets, reduction="mean", chunk=1024):
+    """Cross-entropy of logits h @ weight.T without ever holding all (B, T, V) of them.
+
+    Each chunk of chunk tokens is projected, scored and dropped; under autograd the chunk is recomputed in the
+    backward pass, so peak memory is one chunk's logits. Targets of -1 are ignored."""
+    h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
+    def nll(hc, tc):
+        return F.cross_entropy((hc @ weight.t()).float(), tc, ignore_index=-1, reduction="none")
+    parts = []
+    for i in range(0, h.size(0), chunk):
+        hc, tc = h[i:i + chunk], targets[i:i + chunk]
+        parts.append(checkpoint(nll, hc, tc, use_reentrant=False) if torch.is_grad_enabled() else nll(hc, tc))
+    losses = torch.cat(parts)
+    if reduction == "none":
+        return losses
+    if reduction == "sum":
+        return losses.sum()
+    return losses.sum() / (targets != -1).sum().clamp(min=1)
+
+
+class LLaMA(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.rope = RoPE(cfg)
+        self.gradient_checkpointing = False
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, pos=None, targets=None, cache=None, reduction="mean"):
+        """idx (B, T) token ids; pos (B, T) or (T,) integer positions, None for 0..T-1.
+
+        Returns logits (B, T, V) in float32, or with targets (B, T) the loss (see chunked_cross_entropy).
+        `cache` is a list of per-layer [k, v] lists from `new_cache()`, filled in place."""
+        B, T = idx.shape
+        if pos is None:
+            pos = torch.arange(T, device=idx.device)
+        assert not pos.is_floating_point(), f"positions must be integers, got {pos.dtype}"
+        pos = pos.expand(B, T) if pos.dim() == 1 else pos
+        assert pos.shape == (B, T), f"pos has shape {tuple(pos.shape)}, expected {(B, T)} or {(T,)}"
+        cos, sin = (t.unsqueeze(1) for t in self.rope(pos))  # (B, 1, T, hd), broadcast over heads
+        x = self.tok_embeddings(idx)                        # (B, T, dim)
+        for i, layer in enumerate(self.layers):
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, None if cache is None else cache[i])
+        x = self.norm(x)
+        if targets is None:
+            return self.output(x).float()
+        return chunked_cross_entropy(x, self.output.weight, targets, reduction)
+
+    def new_cache(self):
+        return [[None, None] for _ in self.layers]
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=0.0, top_k=None, pos=None, generator=None):
+        """Greedy (temperature 0) or sampled continuation of idx (B, T) with a KV cache.
+
+        New tokens take positions last_prompt_position + 1, + 2, ..., so a prompt with skipped positions
+        continues from where its positions end."""
+        B, T = idx.shape
+        pos = torch.arange(T, device=idx.device).expand(B, T) if pos is None else pos.expand(B, T)
+        cache, out = self.new_cache(), idx
+        logits = self(idx, pos, cache=cache)[:, -1]          # (B, V)
+        next_pos = pos[:, -1:]
+        for _ in range(max_new_tokens):
+            if temperature == 0:
+                tok = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                tok = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            out, next_pos = torch.cat((out, tok), dim=1), next_pos + 1
+            logits = self(tok, next_pos, cache=cache)[:, -1]
+        return out
+
+
+# ----------------------------------------------------------------------------- weights in and out
+# Hugging Face names -> ours ("{}" is the layer number, None: dropped). Ours are Meta's, so Meta needs no map.
+HF_KEYS = {
+    "model.embed_tokens.weight": "tok_embeddings.weight",
+    "model.layers.{}.self_attn.q_proj.weight": "layers.{}.attention.wq.weight",
+    "model.layers.{}.self_attn.k_proj.weight": "layers.{}.attention.wk.weight",
+    "model.layers.{}.self_attn.v_proj.weight": "layers.{}.attention.wv.weight",
+    "model.layers.{}.self_attn.o_proj.weight": "layers.{}.attention.wo.weight",
+    "model.layers.{}.self_attn.rotary_emb.inv_freq": None,
+    "model.layers.{}.mlp.gate_proj.weight": "layers.{}.feed_forward.w1.weight",
+    "model.layers.{}.mlp.up_proj.weight": "layers.{}.feed_forward.w3.weight",
+    "model.layers.{}.mlp.down_proj.weight": "layers.{}.feed_forward.w2.weight",
+    "model.layers.{}.input_layernorm.weight": "layers.{}.attention_norm.weight",
+    "model.layers.{}.post_attention_layernorm.weight": "layers.{}.ffn_norm.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+}
+
+
+def _map_key(key, table):
+    """Look a checkpoint key up in a table of '{}'-templated names; KeyError if it is not there."""
+    parts = key.split(".")
+    layer = next((p for p in parts if p.isdigit()), None)
+    template = ".".join("{}" if p == layer else p for p in parts)
+    target = table[template]
+    return None if target is None else target.replace("{}", layer or "")
+
+
+def _permute_meta_qk(w, n_heads):
+    """Meta pairs dims (2i, 2i+1) in each head, HF pairs (i, i + hd/2): reorder each head's rows once."""
+    out, inp = w.shape
+    return w.view(n_heads, out // n_heads // 2, 2, inp).transpose(1, 2).reshape(out, inp)
+
+
+def _load_file(path):
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    try:  # weights_only refuses any pickle that would construct objects or run code
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise ValueError(f"{path}: refused or unreadable as a weights-only checkpoint ({type(e).__name__}: {e})") from e
+
+
+def config_from_hf(c):
+    rs = c.get("rope_scaling") or c.get("rope_parameters")  # the older key wins, as in transformers
+    theta = c.get("rope_theta") or (rs or {}).get("rope_theta", 10000.0)
+    rs = normalize_rope_scaling(rs)
+    if rs and rs["rope_type"] == "dynamic":  # HF's dynamic measures growth from max_position_embeddings
+        rs.setdefault("original_max_position_embeddings", c["max_position_embeddings"])
+    if c.get("attention_bias") or c.get("mlp_bias"):
+        raise ValueError("attention_bias / mlp_bias are not LLaMA and not supported")
+    return ModelConfig(dim=c["hidden_size"], n_layers=c["num_hidden_layers"], n_heads=c["num_attention_heads"],
+                       n_kv_heads=c.get("num_key_value_heads"), head_dim=c.get("head_dim"),
+                       vocab_size=c["vocab_size"], hidden_dim=c["intermediate_size"],
+                       norm_eps=c.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling=rs,
+                       max_seq_len=c.get("max_position_embeddings", 2048),
+                       tie_embeddings=c.get("tie_word_embeddings", False))
+
+
+def config_to_hf(cfg):
+    rs, theta, max_len = dict(cfg.rope_scaling or {}), cfg.rope_theta, cfg.max_seq_len
+    if rs.get("rope_type") == "ntk":     # fixed NTK is plain RoPE with a larger base
+        theta, rs = cfg.rope_theta * rs["alpha"] ** (cfg.head_dim / (cfg.head_dim - 2)), {}
+    elif rs.get("rope_type") == "dynamic":  # HF reads L0 from max_position_embeddings for dynamic
+        max_len = rs.pop("original_max_position_embeddings", max_len)
+    elif rs.get("rope_type") == "yarn_pose":  # transformers has no such type, but longrope with fixed divisors is it
+        inv, att = rope_inv_freq(cfg)
+        divisors = (1.0 / (inv * cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))).tolist()
+        rs = {"rope_type": "longrope", "short_factor": divisors, "long_factor": divisors, "factor": rs["factor"],
+              "attention_factor": att, "original_max_position_embeddings": cfg.original_len}
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+            "hidden_size": cfg.dim, "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+            "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size,
+            "intermediate_size": cfg.hidden_dim, "rms_norm_eps": cfg.norm_eps, "rope_theta": theta,
+            "rope_scaling": rs or None, "max_position_embeddings": max_len,
+            "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False, "mlp_bias": False,
+            "torch_dtype": "float32"}
+
+
+def _read_hf(path):
+    cfg = config_from_hf(json.loads((path / "config.json").read_text()))
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (path / index).exists():
+            files = sorted(set(json.loads((path / index).read_text())["weight_map"].values()))
+            break
+    else:
+        files = [f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).exists()][:1]
+    if not files:
+        raise FileNotFoundError(f"{path}: no model.safetensors, pytorch_model.bin or shard index found")
+    sd = {}
+    for f in files:
+        for k, v in _load_file(path / f).items():
+            try:
+                k = _map_key(k, HF_KEYS)
+            except KeyError:
+                raise ValueError(f"{path / f}: unexpected key {k!r}") from None
+            if k is not None:
+                sd[k] = v
+    return cfg, sd
+
+
+def _read_meta(path, max_seq_len):
+    p = json.loads((path / "params.json").read_text())
+    shards = sorted(path.glob("consolidated.*.pth"))
+    if not shards:
+        raise FileNotFoundError(f"{path}: params.json but no consolidated.*.pth shards")
+    parts = [_load_file(s) for s in shards]
+    rs = None
+    if p.get("use_scaled_rope"):  # Llama 3.1+: the llama3 frequency rule lives in Meta's code, not in params
+        rs = {"rope_type": "llama3", "factor": p.get("rope_scaling_factor", 8.0), "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    emb = parts[0]["tok_embeddings.weight"]
+    n_vocab = p.get("vocab_size", -1)
+    if n_vocab <= 0:  # LLaMA 1 leaves it to the tokenizer; the embedding is split on vocab iff its width is full
+        n_vocab = emb.shape[0] * (len(parts) if emb.shape[1] == p["dim"] else 1)
+    cfg = ModelConfig(dim=p["dim"], n_layers=p["n_layers"], n_heads=p["n_heads"], n_kv_heads=p.get("n_kv_heads"),
+                      vocab_size=n_vocab, norm_eps=p.get("norm_eps", 1e-5), rope_theta=p.get("rope_theta", 10000.0),
+                      rope_scaling=rs, max_seq_len=max_seq_len,
+                      hidden_dim=llama_ffn_dim(p["dim"], p.get("multiple_of", 256), p.get("ffn_dim_multiplier")))
+    return cfg, parts
+
+
+def from_pretrained(path, max_seq_len=2048):
+    """A LLaMA from a Hugging Face directory (config.json) or a Meta one (params.json + consolidated.NN.pth).
+
+    `max_seq_len` is used for Meta checkpoints only, whose params.json does not record the training length."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such checkpoint directory")
+    if (path / "config.json").exists():
+        cfg, sd = _read_hf(path)
+        meta = False
+    elif (path / "params.json").exists():
+        cfg, parts = _read_meta(path, max_seq_len)
+        meta = True
+    else:
+        raise FileNotFoundError(f"{path}: neither config.json (Hugging Face) nor params.json (Meta) found")
+    with torch.device("meta"):
+        model = LLaMA(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if meta:
+        sd = {}
+        for k in parts[0]:
+            if k == "rope.freqs":
+                continue
+            if k not in expected:
+                raise ValueError(f"{path}: unexpected key {k!r}")
+            sd[k] = _merge_shards(k, [x[k] for x in parts], expected[k])
+            if k.endswith(("attention.wq.weight", "attention.wk.weight")):
+                sd[k] = _permute_meta_qk(sd[k], cfg.n_heads if k.endswith("wq.weight") else cfg.n_kv_heads)
+    if cfg.tie_embeddings:
+        sd.setdefault("output.weight", sd.get("tok_embeddings.weight"))
+    for k, shape in expected.items():
+        if k not in sd:
+            raise ValueError(f"{path}: missing key {k!r} (expected shape {tuple(shape)})")
+        if sd[k].shape != shape:
+            raise ValueError(f"{path}: {k!r} has shape {tuple(sd[k].shape)} in the checkpoint, "
+                             f"{tuple(shape)} in the model built from its config")
+    model.load_state_dict(sd, assign=True)
+    model.rope = RoPE(cfg)  # the buffer was created on the meta device
+    return model.float()
+
+
+def _merge_shards(key, shards, shape):
+    """Meta model-parallel shards: replicated, or split along the one dim whose sizes add up to the model's."""
+    if len(shards) == 1 or shards[0].shape == shape:
+        return shards[0]
+    for dim in range(len(shape)):
+        if sum(s.shape[dim] for s in shards) == shape[dim]:
+            return torch.cat(shards, dim=dim)
+    raise ValueError(f"cannot merge {len(shards)} shards of {key!r} with shape {tuple(shards[0].shape)} "
+                     f"into {tuple(shape)}")
+
+
+def save_pretrained(model, path):
+    """Write a Hugging Face directory (config.json + model.safetensors) that transformers loads unchanged.
+
+    Each file is written to a temporary name and renamed, so a crash never leaves a half-written checkpoint."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    ours_to_hf = {v: k for k, v in HF_KEYS.items() if v is not None}
+    sd = {}
+    for k, v in model.state_dict().items():
+        if k == "output.weight" and model.cfg.tie_embeddings:
+            continue  # tied: HF rebuilds lm_head from the embedding
+        sd[_map_key(k, ours_to_hf)] = v.detach().to("cpu").contiguous()
+    for name, write in (("model.safetensors", lambda f: save_file(sd, f, metadata={"format": "pt"})),
+                        ("config.json", lambda f: Path(f).write_text(json.dumps(config_to_hf(model.cfg), indent=2)))):
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
+        os.close(fd)
+        write(tmp)
+        os.replace(tmp, path / name)
