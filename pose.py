@@ -1,0 +1,199 @@
+"""pose.py: draws PoSE training windows (and the baselines') and measures which positions they teach.
+
+PoSE (Positional Skip-wise training, Zhu et al., ICLR 2024, §3.2) fine-tunes a model whose context is Lc
+tokens to work at a target length Lt > Lc while every training example stays Lc tokens long: it moves
+position ids instead of feeding longer text. Split the window into N chunks c_0 … c_{N-1} of lengths l_i
+(Σ l_i = Lc) that start at st_i = Σ_{j<i} l_j inside the window. Chunk i gets
+
+    positions  st_i + u_i + j,  j = 0 … l_i − 1      u_0 = 0,  u_i ~ U{u_{i-1} … Lt − Lc}
+    text       x[v_i + st_i : v_i + st_i + l_i]       v_0 = 0,  v_i ~ U{v_{i-1} … Lx − Lc}
+
+so positions only increase, the largest is at most Lt − 1, and the distances between query and key
+range over [0, Lt), not just [0, Lc). l_i, u_i, v_i are redrawn for every example. RoPE interpolation
+(factor s = Lt / Lc) is applied in the model; the positions here are raw integers in [0, Lt).
+
+Worked example, 2k → 4k (Lc = 2048, Lt = 4096), N = 2: l_0 = 512, l_1 = 1536, u_1 = 2048 gives positions
+[0, 511] ∪ [2560, 4095]. Chunk 1 reads x[v_1 + 512 : v_1 + 2048], and attention between its last token
+and the first one spans 4095 positions although the window holds only 2048 tokens.
+
+N = 2 is exactly the authors' training code: the document is first cut to 5·Lc tokens (so Lx ≤ 5·Lc),
+l_0 ~ U{1 … ⌈Lc/2⌉}, u_1 ~ U{0 … Lt − Lc}, v_1 ~ U{0 … Lx − Lc}. For N ≥ 3 the paper leaves the lengths
+open; here the window is cut at N − 1 distinct points drawn uniformly from {1 … Lc − 1}.
+
+Every method is a list of chunks (l_i, st_i, u_i, v_i), so one code path builds all windows:
+    pose     the above with N = num_chunks (default 2)
+    randpos  Lc sorted distinct positions from [0, Lt) on the first Lc tokens: Lc chunks of one token
+    full     the first Lt tokens at positions 0 … Lt − 1 (the costly baseline PoSE stands in for)
+    plain    the first Lc tokens at positions 0 … Lc − 1; with RoPE interpolation this is the paper's
+             N = 1, "position interpolation only" (pose with num_chunks=1 draws the same window)
+Text options, pose only (the baselines read the document's first tokens, as the official code does):
+"skip" (v_i sampled, the default), "contiguous" (v_i = 0), "aligned" (v_i = u_i: every token sits at its
+true offset, so the document must hold Lt tokens). The paper's ablation finds all three about equal.
+
+Loss convention: sample() returns the window's T tokens and T positions (T = Lc, or Lt for full); the
+caller trains on input = tokens[:-1], pos = pos[:-1], targets = tokens[1:], as the official code does
+(labels = input ids, shifted inside the model). The last token has no target, and the first token of a
+chunk is predicted from the end of the previous one, across the jump.
+
+Coverage (paper Appendix B): coverage() estimates by Monte Carlo, for every relative distance d ∈ [0, Lt),
+the probability that some query ≥ key pair of one example is d apart, and for every absolute position the
+probability that it occurs. Distance d occurs iff the example's 0/1 position indicator overlaps itself
+shifted by d, so a batch of examples is one FFT autocorrelation (numpy, float32: the counts are integers
+≤ Lt and the rounding error is far below the 0.5 threshold, so the per-example answer is exact).
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+METHODS = ("pose", "randpos", "full", "plain")
+TEXTS = ("skip", "contiguous", "aligned")
+DOC_CAP = 5  # the official code truncates documents to DOC_CAP·Lc tokens, which bounds the text skip v_i
+
+
+@dataclass
+class Chunks:
+    """B windows of N chunks; every field is an int64 array of shape (B, N)."""
+    l: np.ndarray   # l_i: chunk lengths, summing to the window length T
+    st: np.ndarray  # st_i: where chunk i starts inside the window
+    u: np.ndarray   # u_i: position skip, chunk i holds positions st_i + u_i …
+    v: np.ndarray   # v_i: text skip, chunk i reads x[st_i + v_i …]
+
+
+def _check(Lx, Lc, Lt, method, num_chunks, text):
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if text not in TEXTS:
+        raise ValueError(f"unknown text option {text!r}; choose one of {TEXTS}")
+    if Lt < Lc:
+        raise ValueError(f"target length Lt={Lt} is shorter than the training window Lc={Lc}")
+    if not 1 <= num_chunks <= Lc:
+        raise ValueError(f"num_chunks must be in [1, Lc={Lc}], got {num_chunks}")
+    need = Lt if method == "full" or (method == "pose" and text == "aligned") else Lc
+    if Lx < need:
+        raise ValueError(f"document has {Lx} tokens; method={method!r} text={text!r} needs at least {need}")
+
+
+def _sorted_distinct(rng, size, k, n):
+    """size rows of k sorted distinct integers from [0, n): the k smallest of n uniform keys."""
+    return np.sort(np.argpartition(rng.random((size, n)), k - 1, axis=1)[:, :k], axis=1)
+
+
+def _monotone(rng, size, N, high):
+    """x_0 = 0, x_i ~ U{x_{i-1} … high}: the paper's rule for both u_i and v_i."""
+    x = np.zeros((size, N), np.int64)
+    for i in range(1, N):
+        x[:, i] = rng.integers(x[:, i - 1], high + 1)
+    return x
+
+
+def sample_chunks(Lx, Lc, Lt, method="pose", num_chunks=2, text="skip", *, rng, size=1):
+    """Draw the chunk structure of `size` windows over a document of Lx tokens; see the module docstring."""
+    _check(Lx, Lc, Lt, method, num_chunks, text)
+    N, zeros = num_chunks, np.zeros((size, 1), np.int64)
+    if method == "pose":
+        cuts = np.empty((size, 0), np.int64)  # chunk boundaries st_1 … st_{N-1}
+        if N == 2:  # the official rule: the first chunk is at most half the window
+            cuts = rng.integers(1, math.ceil(Lc / 2) + 1, size=(size, 1))
+        elif N > 2:
+            cuts = 1 + _sorted_distinct(rng, size, N - 1, Lc - 1)
+        l = np.diff(np.concatenate([zeros, cuts, zeros + Lc], axis=1), axis=1)
+        u = _monotone(rng, size, N, Lt - Lc)
+        v = {"skip": lambda: _monotone(rng, size, N, min(Lx, DOC_CAP * Lc) - Lc),
+             "contiguous": lambda: np.zeros_like(u), "aligned": lambda: u.copy()}[text]()
+    elif method == "randpos":
+        p = _sorted_distinct(rng, size, Lc, Lt)
+        l = np.ones_like(p)
+        u, v = p - np.arange(Lc), np.zeros_like(p)  # token k sits at position k + u_k = p_k
+    else:  # plain and full: one chunk from the start of the document
+        l, u, v = zeros + (Lt if method == "full" else Lc), zeros, zeros.copy()
+    return Chunks(l=l, st=np.cumsum(l, axis=1) - l, u=u, v=v)
+
+
+def window_indices(ch):
+    """(pos, idx), each (B, T) int64: token k of the window, in chunk i, has position k + u_i and is x[k + v_i]."""
+    B, N = ch.l.shape
+    i = np.repeat(np.tile(np.arange(N), B), ch.l.ravel()).reshape(B, -1)  # chunk of each token, (B, T)
+    k = np.arange(i.shape[1])  # k = st_i + j for the j-th token of chunk i
+    return k + np.take_along_axis(ch.u, i, axis=1), k + np.take_along_axis(ch.v, i, axis=1)
+
+
+def sample(doc, Lc, Lt, method="pose", num_chunks=2, text="skip", *, rng):
+    """One training window from `doc` (token ids): (tokens, pos), int64 arrays of length T = Lc (Lt for full).
+
+    Train on input = tokens[:-1], pos = pos[:-1], targets = tokens[1:]."""
+    doc = np.asarray(doc, dtype=np.int64)
+    pos, idx = window_indices(sample_chunks(len(doc), Lc, Lt, method, num_chunks, text, rng=rng))
+    return doc[idx[0]], pos[0]
+
+
+def coverage(method, Lc, Lt, num_chunks=2, n_samples=10_000, *, rng, batch=100):
+    """Monte Carlo over n_samples windows -> (relative, absolute), float64 arrays of length Lt:
+    relative[d] = P(some query ≥ key pair of one window is d apart), absolute[p] = P(position p occurs)."""
+    relative, absolute = np.zeros(Lt), np.zeros(Lt)
+    for done in range(0, n_samples, batch):
+        size = min(batch, n_samples - done)
+        pos, _ = window_indices(sample_chunks(Lt, Lc, Lt, method, num_chunks, rng=rng, size=size))
+        hit = np.zeros((size, Lt), np.float32)
+        np.put_along_axis(hit, pos, 1.0, axis=1)
+        f = np.fft.rfft(hit, n=2 * Lt)  # padding to 2·Lt stops the circular correlation from wrapping
+        pairs = np.fft.irfft(f.real ** 2 + f.imag ** 2, n=2 * Lt)[:, :Lt]  # pairs[b, d]: #(q, k) with q − k = d
+        relative += (pairs > 0.5).sum(axis=0)
+        absolute += hit.sum(axis=0)
+    return relative / n_samples, absolute / n_samples
+
+
+def describe(ch, Lt, b=0, width=64):
+    """Figure 1 as text: window b's chunks, their positions and skips, and a bar of [0, Lt)."""
+    l, st, u, v = ch.l[b], ch.st[b], ch.u[b], ch.v[b]
+    lines = [f"  {'':4}{'l_i':>6}{'st_i':>7}{'u_i':>7}{'v_i':>7}   {'text':<18}positions"]
+    for i in range(min(len(l), 4)):  # RandPos has Lc one-token chunks; the first few tell the story
+        text = f"x[{st[i] + v[i]}:{st[i] + v[i] + l[i]}]"
+        lines.append(f"  c_{i:<2}{l[i]:>6}{st[i]:>7}{u[i]:>7}{v[i]:>7}   {text:<18}"
+                     f"[{st[i] + u[i]}, {st[i] + u[i] + l[i] - 1}]")
+    if len(l) > 4:
+        lines.append(f"  … {len(l) - 4} more chunks")
+    bar = np.full(width, "·")
+    bar[window_indices(ch)[0][b] * width // Lt] = "█"  # one cell per Lt/width positions
+    return "\n".join(lines + [f"  0 {''.join(bar)} {Lt - 1}"])
+
+
+if __name__ == "__main__":
+    import os
+    import time
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t0, rng = time.time(), np.random.default_rng(0)
+    one = np.ones((1, 2), np.int64)
+    example = Chunks(l=one * [512, 1536], st=one * [0, 512], u=one * [0, 2048], v=one * 0)
+    print("Worked example, 2k → 4k, N = 2:\n" + describe(example, 4096))
+    Lc, Lt, n_samples = 2048, 16384, 10_000
+    for method, N in [("pose", 2), ("pose", 2), ("pose", 3), ("randpos", 2), ("plain", 1)]:
+        name = f"PoSE N = {N}" if method == "pose" else method
+        print(f"\n{name}, Lc = {Lc} → Lt = {Lt}, document of {DOC_CAP * Lc} tokens:")
+        print(describe(sample_chunks(DOC_CAP * Lc, Lc, Lt, method, N, rng=rng), Lt))
+
+    # RandPos first so that plain, drawn over it, stays visible where both are 1
+    curves = {"RandPos": ("randpos", 2), "plain (N = 1, PI only)": ("plain", 1),
+              "PoSE N = 2": ("pose", 2), "PoSE N = 3": ("pose", 3)}
+    at = {"Lc/2": Lc // 2, "Lc": Lc, "Lt/2": Lt // 2, "Lt-1": Lt - 1}
+    print(f"\nrelative-position coverage, {n_samples} samples, each curve from seed 0\n{'':24}"
+          + "".join(f"{k:>9}" for k in at))
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for label, (method, N) in curves.items():
+        rel, _ = coverage(method, Lc, Lt, N, n_samples, rng=np.random.default_rng(0))
+        print(f"{label:<24}" + "".join(f"{rel[d]:>9.4f}" for d in at.values()))
+        ax.plot(np.arange(Lt), rel, label=label, lw=1.6)
+    ax.axvline(Lc, color="gray", ls="--", lw=1)
+    ax.text(Lc, 1.08, f" Lc = {Lc}", color="gray", va="top")
+    ax.set(xlim=(0, Lt), ylim=(-0.02, 1.1), xlabel="relative distance d (tokens)",
+           ylabel="P(d occurs in one training example)",
+           title=f"Relative-position coverage, {Lc // 1024}k window → {Lt // 1024}k target ({n_samples:,} samples)")
+    ax.legend(loc="center right")
+    fig.tight_layout()
+    os.makedirs("plots", exist_ok=True)
+    fig.savefig("plots/coverage.png")
+    print(f"wrote plots/coverage.png in {time.time() - t0:.1f} s")
