@@ -1,0 +1,137 @@
+"""Tokenize text documents (by default the built-in Bible books) into one flat token file plus document offsets.
+
+OUT/SPLIT.bin holds the tokens back to back (uint16 when the vocabulary fits, else uint32), OUT/SPLIT.offsets.npy
+the int64 document boundaries (n_docs + 1 of them: document i is tokens[offsets[i]:offsets[i+1]]) and
+OUT/SPLIT.json the tokenizer spec, dtype and counts. Every document starts with the tokenizer's BOS token (its
+EOS where it has no BOS, as <|endoftext|> for web-bpe4k and GPT-2): LLaMA models saw BOS at position 0 in
+training, and PoSE's chunk 0 is always cut from a document's start. Lengths and `min_len` count that token.
+
+    python prepare.py --tokenizer=web-bpe4k                  # both built-in splits into data/tok/web-bpe4k
+    python prepare.py --tokenizer=gpt2:DIR --min_len=2048 --split=train books/ more.jsonl.gz
+"""
+import argparse
+import gzip
+import json
+import os
+import time
+
+import numpy as np
+
+from tokenizer import load_tokenizer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CORPUS = {split: os.path.join(HERE, "data", "web", f"{split}.jsonl.gz") for split in ("train", "eval")}
+SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz")
+
+
+def list_files(path):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if os.path.isfile(path):
+        return [path]
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(path) for f in files if f.endswith(SUFFIXES))
+
+
+def read_documents(paths, key="text"):
+    """[(name, text)] from files and folders: a text file is one document, a JSON line is one (its `key` field)."""
+    docs = []
+    for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        for file in list_files(os.fspath(path)):
+            with (gzip.open if file.endswith(".gz") else open)(file, "rt", encoding="utf-8") as f:
+                if not file.endswith((".jsonl", ".jsonl.gz")):
+                    docs.append((file, f.read()))
+                    continue
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    row = json.loads(line)
+                    if key not in row:
+                        raise ValueError(f"{file}:{n}: no {key!r} field (choose another with --key)")
+                    docs.append((row.get("title", f"{file}:{n}"), row[key]))
+    return [(name, text) for name, text in docs if text.strip()]
+
+
+def token_dtype(n_vocab):
+    for dtype in (np.uint16, np.uint32):
+        if n_vocab - 1 <= np.iinfo(dtype).max:
+            return dtype
+    raise ValueError(f"a vocabulary of {n_vocab} tokens does not fit in uint32")
+
+
+def write_split(docs, tok, out, split, min_len=0, spec="", source=""):
+    """Encode `docs`, drop those shorter than `min_len` tokens, write OUT/SPLIT.{bin,offsets.npy,json}; the meta."""
+    if not docs:
+        raise ValueError(f"{split}: no documents in {source}")
+    first = tok.bos_id if tok.bos_id is not None else tok.eos_id
+    if first is None:
+        raise ValueError(f"{tok.name}: no BOS or EOS token to start documents with")
+    dtype = token_dtype(tok.n_vocab)
+    t0 = time.time()
+    encoded = [[first] + ids for ids in tok.encode_batch([text for _, text in docs])]
+    dropped = [(name, len(ids)) for (name, _), ids in zip(docs, encoded) if len(ids) < min_len]
+    kept = [ids for ids in encoded if len(ids) >= min_len]
+    if dropped:
+        shown = ", ".join(f"{name} ({n:,})" for name, n in dropped[:10]) + (" ..." if len(dropped) > 10 else "")
+        print(f"{split}: dropped {len(dropped)} of {len(docs)} documents shorter than min_len={min_len}: {shown}")
+    if not kept:
+        raise ValueError(f"{split}: all {len(docs)} documents are shorter than min_len={min_len} tokens")
+    offsets = np.cumsum([0] + [len(ids) for ids in kept], dtype=np.int64)
+    os.makedirs(out, exist_ok=True)
+    prefix = os.path.join(out, split)
+    tokens = np.memmap(prefix + ".bin", dtype=dtype, mode="w+", shape=(int(offsets[-1]),))
+    tokens[:] = np.fromiter((t for ids in kept for t in ids), dtype=dtype, count=len(tokens))
+    tokens.flush()
+    np.save(prefix + ".offsets.npy", offsets)
+    meta = dict(tokenizer=spec or tok.name, n_vocab=tok.n_vocab, dtype=np.dtype(dtype).name, n_docs=len(kept),
+                n_tokens=int(offsets[-1]), min_len=min_len, n_dropped=len(dropped), source=source)
+    with open(prefix + ".json", "w") as f:
+        json.dump(meta, f, indent=1)
+    text_bytes = sum(len(text.encode()) for _, text in docs)
+    print(f"{split}: {len(kept)} documents, {offsets[-1]:,} tokens ({text_bytes / sum(map(len, encoded)):.2f} "
+          f"bytes/token) -> {prefix}.bin in {time.time() - t0:.1f} s")
+    return meta
+
+
+class TokenDataset:
+    """A prepared split: `tokens` (a read-only memmap), `offsets`, `lengths`, and whole documents by index."""
+
+    def __init__(self, folder, split="train"):
+        prefix = os.path.join(folder, split)
+        with open(prefix + ".json") as f:
+            self.meta = json.load(f)
+        self.tokens = np.memmap(prefix + ".bin", dtype=self.meta["dtype"], mode="r")
+        self.offsets = np.load(prefix + ".offsets.npy")
+        self.lengths = np.diff(self.offsets)
+        assert self.offsets[-1] == len(self.tokens), (
+            f"{prefix}: offsets end at {self.offsets[-1]}, tokens at {len(self.tokens)}")
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def doc(self, i):
+        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+    def docs_at_least(self, n):
+        """Indices of the documents with at least n tokens: the ones a PoSE window of Lc = n can be cut from."""
+        return np.flatnonzero(self.lengths >= n)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("inputs", nargs="*", help=".txt / .jsonl(.gz) files or folders (default: the built-in books)")
+    parser.add_argument("--tokenizer", default="web-bpe4k", help="see tokenizer.py (default: %(default)s)")
+    parser.add_argument("--out", help="output folder (default: data/tok/<tokenizer name>)")
+    parser.add_argument("--split", default="train", help="split name for the given inputs (default: %(default)s)")
+    parser.add_argument("--min_len", type=int, default=0, help="drop documents shorter than this many tokens")
+    parser.add_argument("--key", default="text", help="JSON field holding the text (default: %(default)s)")
+    args = parser.parse_args()
+    print(vars(args))
+    try:  # the errors above are meant for people: one line, no traceback
+        tok = load_tokenizer(args.tokenizer)
+        out = args.out or os.path.join(HERE, "data", "tok", tok.name)
+        splits = {args.split: args.inputs} if args.inputs else CORPUS
+        for split, paths in splits.items():
+            source = " ".join(paths) if args.inputs else os.path.relpath(paths, HERE)
+            write_split(read_documents(paths, args.key), tok, out, split, args.min_len, args.tokenizer, source)
+    except (OSError, ValueError, ImportError) as e:
+        parser.error(str(e))
