@@ -73,8 +73,12 @@ class ModelConfig:
 
     @property
     def original_len(self):
-        """L0, the length the RoPE was pretrained at (HF: original_max_position_embeddings, else the max length)."""
-        return (self.rope_scaling or {}).get("original_max_position_embeddings", self.max_seq_len)
+        """L0, the length the RoPE was pretrained at: HF's original_max_position_embeddings where the scaling type
+        records it, max_seq_len / factor for linear (which does not), else max_seq_len."""
+        rs = self.rope_scaling or {}
+        if "original_max_position_embeddings" in rs:
+            return rs["original_max_position_embeddings"]
+        return round(self.max_seq_len / rs["factor"]) if rs.get("rope_type") == "linear" else self.max_seq_len
 
 
 # ----------------------------------------------------------------------------- RoPE
@@ -334,10 +338,11 @@ def _permute_meta_qk(w, n_heads):
 
 
 def _load_file(path):
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    try:  # weights_only refuses any pickle that would construct objects or run code
+    """Tensors from safetensors, or from a torch pickle with weights_only, which refuses any code or object."""
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+            return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
         raise ValueError(f"{path}: refused or unreadable as a weights-only checkpoint ({type(e).__name__}: {e})") from e
@@ -422,10 +427,11 @@ def _read_meta(path, max_seq_len):
     return cfg, parts
 
 
-def from_pretrained(path, max_seq_len=2048):
+def from_pretrained(path, max_seq_len=2048, dtype=torch.float32):
     """A LLaMA from a Hugging Face directory (config.json) or a Meta one (params.json + consolidated.NN.pth).
 
-    `max_seq_len` is used for Meta checkpoints only, whose params.json does not record the training length."""
+    `max_seq_len` is used for Meta checkpoints only, whose params.json does not record the training length.
+    `dtype` is the parameters' dtype (bf16 halves a 7B model's memory when only LoRA adapters are trained)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such checkpoint directory")
@@ -460,7 +466,7 @@ def from_pretrained(path, max_seq_len=2048):
                              f"{tuple(shape)} in the model built from its config")
     model.load_state_dict(sd, assign=True)
     model.rope = RoPE(cfg)  # the buffer was created on the meta device
-    return model.float()
+    return model.to(dtype)
 
 
 def _merge_shards(key, shards, shape):
@@ -474,16 +480,17 @@ def _merge_shards(key, shards, shape):
                      f"into {tuple(shape)}")
 
 
-def save_pretrained(model, path):
+def save_pretrained(model, path, state_dict=None):
     """Write a Hugging Face directory (config.json + model.safetensors) that transformers loads unchanged.
 
-    Each file is written to a temporary name and renamed, so a crash never leaves a half-written checkpoint."""
+    `state_dict` (default: the model's) lets a caller save weights it gathered or merged itself. Each file is
+    written to a temporary name and renamed, so a crash never leaves a half-written file."""
     from safetensors.torch import save_file
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     ours_to_hf = {v: k for k, v in HF_KEYS.items() if v is not None}
     sd = {}
-    for k, v in model.state_dict().items():
+    for k, v in (model.state_dict() if state_dict is None else state_dict).items():
         if k == "output.weight" and model.cfg.tie_embeddings:
             continue  # tied: HF rebuilds lm_head from the embedding
         sd[_map_key(k, ours_to_hf)] = v.detach().to("cpu").contiguous()

@@ -114,6 +114,13 @@ def test_revised_yarn_differs_from_yarn_only_on_the_ramp():
     assert (pose[~same] < yarn[~same]).all()  # a harmonic blend interpolates more than an arithmetic one
 
 
+def test_original_len_is_the_pretraining_length():
+    assert M.ModelConfig(max_seq_len=128).original_len == 128
+    assert M.ModelConfig(max_seq_len=1024, rope_scaling={"type": "linear", "factor": 8}).original_len == 128
+    yarn = {"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": 256}
+    assert M.ModelConfig(max_seq_len=2048, rope_scaling=yarn).original_len == 256
+
+
 def test_unknown_rope_type():
     with pytest.raises(ValueError, match="unknown rope type 'bogus'"):
         M.ModelConfig(rope_scaling={"type": "bogus", "factor": 2.0})

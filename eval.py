@@ -1,0 +1,278 @@
+"""eval.py: perplexity over window lengths and passkey retrieval for one or more models, as JSON, markdown and plots.
+
+    python eval.py --models=base=out/tiny_base/final,pose=out/tiny_pose/final --lengths=128,256,512,1024
+    python eval.py --models=DIR --data=books/,more.jsonl --tokenizer=gpt2:DIR --stride=1024 --lengths=2048,4096
+    python eval.py -h                                                 # every option
+
+Perplexity, the paper's protocol: a document [BOS] x_0 … x_{m-1} is read in windows of `ctx` tokens that start
+every `stride` text tokens; a window starting at a is [BOS] x_a … x_{a+ctx-2} (positions 0 … ctx-1) and predicts
+x_a … x_{a+ctx-1}, but only tokens no earlier window scored count, so each x_i is scored exactly once (the last
+window may be shorter) and, after the first window, with at least ctx - stride tokens of context. stride = 0
+means stride = ctx. --truncate=true scores only the first window of each document (x_0 … x_{ctx-1}; shorter
+documents are left out). The mean NLL is token-weighted over all documents.
+Passkey: Mohtashami & Jaggi's prompt as the PoSE paper uses it, a random 5-digit key at a chosen depth of the
+filler; scored by greedy generation (the first integer must be the key) or, faster, by teacher forcing.
+"""
+import json
+import math
+import os
+import re
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import model as M
+import plots
+from prepare import TokenDataset, read_documents
+from tokenizer import load_tokenizer
+from train import parse_config
+
+
+@dataclass
+class EvalConfig:
+    models: str = "out/tiny_base/final"  # comma-separated dirs (HF or Meta); name=dir names a model
+    lengths: str = "128,256,512,1024"   # perplexity window lengths
+    stride: int = 0                     # sliding-window stride in tokens; 0: the window length (disjoint windows)
+    truncate: bool = False              # score only the first window of each document
+    data: str = "data/tok/web-bpe4k"    # a prepare.py folder (its `split` is read), or comma-separated text/jsonl files
+    split: str = "eval"
+    key: str = "text"                   # the JSON field holding the text in jsonl files
+    tokenizer: str = ""                 # for text files and passkey prompts; "": the prepared folder's, else web-bpe4k
+    max_tokens: int = 0                 # score only each document's first max(max_tokens, length) tokens; 0: all
+    batch_tokens: int = 4096            # windows per forward pass = batch_tokens // length (at least 1)
+    passkey_lengths: str = ""           # "": the perplexity lengths
+    passkey_depths: str = "0,0.25,0.5,0.75,1"
+    passkey_trials: int = 10            # per (length, depth); 0 skips passkey
+    passkey_mode: str = "generate"      # generate (greedy, KV cache) | teacher (one forward pass per trial)
+    seed: int = 0
+    max_seq_len: int = 2048             # Meta checkpoints only: params.json does not record their context
+    out: str = "results"
+    plots: str = "plots"
+    device: str = "auto"
+    dtype: str = "float32"              # the weights' dtype: float32 | bfloat16 | float16
+
+
+def progress_bar(items, desc, out=sys.stderr):
+    """Yield from `items` while drawing `desc [####    ] i/n, elapsed, ETA` on stderr: redrawn in place twice a
+    second on a terminal, a new line every 30 s in a log file."""
+    total, t0, last, tty = len(items), time.time(), 0.0, out.isatty()
+    for i, item in enumerate(items, 1):
+        yield item
+        now = time.time()
+        if now - last > (0.5 if tty else 30) or i == total:
+            last, elapsed = now, now - t0
+            eta = elapsed / i * (total - i)
+            line = f"{desc} [{'#' * (20 * i // total):<20}] {i}/{total}, {elapsed:.0f} s, ETA {eta:.0f} s"
+            out.write("\r" + line if tty else line + "\n")
+            out.flush()
+    if tty:
+        out.write("\n")
+
+
+def bos_of(tok):
+    """The token documents start with: BOS, or EOS where the tokenizer has none (as prepare.py does)."""
+    return tok.bos_id if tok.bos_id is not None else tok.eos_id
+
+
+def check_length(model, L):
+    if L > model.cfg.max_seq_len:  # one message per model: the warnings module prints each distinct one once
+        warnings.warn(f"lengths beyond the model's max_seq_len={model.cfg.max_seq_len} (RoPE scaling: "
+                      f"{model.cfg.rope_scaling}) are extrapolation; evaluating them anyway")
+
+
+def windows(m, ctx, stride, truncate=False):
+    """[(a, b, s)] over a text of m tokens: a window predicts x_a … x_{b-1} and scores x_s … x_{b-1}."""
+    if truncate:
+        return [(0, ctx, 0)] if m >= ctx else []
+    plan, done = [], 0
+    for a in range(0, m, stride):
+        b = min(a + ctx, m)
+        plan.append((a, b, done))
+        done = b
+        if b == m:
+            break
+    return plan
+
+
+@torch.no_grad()
+def perplexity(model, docs, ctx, *, bos_id, stride=0, truncate=False, batch_tokens=4096, device="cpu",
+               progress=False):
+    """Token-weighted perplexity of `docs` (token id arrays, with or without a leading BOS) in windows of ctx
+    tokens (see the module docstring) -> {"nll", "ppl", "tokens"}. The model's chunked loss keeps only a
+    chunk of logits at a time, so long windows never hold all T × V of them."""
+    stride = stride or ctx
+    assert 0 < stride <= ctx, f"stride must be in [1, ctx={ctx}], got {stride}"
+    check_length(model, ctx)
+    texts = [np.asarray(d[1:] if len(d) and d[0] == bos_id else d, dtype=np.int64) for d in docs]
+    plan = [(t, a, b, s) for t in texts for a, b, s in windows(len(t), ctx, stride, truncate)]
+    if not plan:
+        raise ValueError(f"no document is long enough for a {ctx}-token window (truncate={truncate})")
+    rows = max(1, batch_tokens // ctx)
+    batches = [plan[i:i + rows] for i in range(0, len(plan), rows)]
+    nll, n = 0.0, 0
+    for batch in progress_bar(batches, f"perplexity @{ctx}") if progress else batches:
+        x = torch.zeros((len(batch), max(b - a for _, a, b, _ in batch)), dtype=torch.long)  # padded at the end
+        y = torch.full_like(x, -1)                                                           # -1: not scored
+        for r, (t, a, b, s) in enumerate(batch):
+            x[r, 0], x[r, 1:b - a] = bos_id, torch.from_numpy(t[a:b - 1])
+            y[r, s - a:b - a] = torch.from_numpy(t[s:b])
+        nll += model(x.to(device), targets=y.to(device), reduction="sum").item()
+        n += int((y != -1).sum())
+    return {"nll": nll / n, "ppl": math.exp(nll / n), "tokens": n}
+
+
+INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
+         "I will quiz you about the important information there.")
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+KEY_LINE = "The pass key is {key}. Remember it. {key} is the pass key."
+QUESTION = "What is the pass key? The pass key is"
+
+
+def passkey_prompt(tok, length, depth, key):
+    """(ids, answer): ids = BOS + the prompt, answer = the key's tokens after it, len(ids) + len(answer) within
+    a few tokens of `length` (but not over). Filler words are added one at a time; the key line goes between
+    two filler repetitions (or after the last, partial one), the boundary nearest a fraction `depth` of the filler."""
+    rep = FILLER.split(" ")
+
+    def build(w):  # the prompt with the first w filler words
+        words = [rep[i % len(rep)] for i in range(w)]
+        cut = min([*range(0, w, len(rep)), w], key=lambda c: abs(c - depth * w))  # rep boundaries and the end
+        text = "\n".join([INTRO, " ".join(words[:cut]), KEY_LINE.format(key=key), " ".join(words[cut:]), QUESTION])
+        ids, full = tok.encode(text), tok.encode(f"{text} {key}")
+        assert full[:len(ids)] == ids, "the key's tokens must extend the prompt's"
+        return [bos_of(tok)] + ids, full[len(ids):]
+
+    need = sum(map(len, build(0)))
+    if need > length:
+        raise ValueError(f"{length} tokens is too short for the passkey template ({need} without filler)")
+    lo, hi = 0, length  # every word is at least one token: the largest w that fits is below `length`
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if sum(map(len, build(mid))) <= length else (lo, mid - 1)
+    return build(lo)
+
+
+@torch.no_grad()
+def passkey_hit(model, tok, ids, answer, key, mode, device):
+    """generate: greedy-decode 10 tokens; the first integer in them must be the key. teacher: one forward pass
+    over prompt + key; the argmax must give every key token and then no further digit. (It takes the full
+    logits of the sequence, fine at these sizes; a 7B model at 32k would want only the last few positions.)"""
+    if mode == "generate":
+        out = model.generate(torch.tensor([ids], device=device), max_new_tokens=10)
+        found = re.search(r"\d+", tok.decode(out[0, len(ids):].tolist()))
+        return found is not None and int(found.group()) == key
+    pred = model(torch.tensor([ids + answer], device=device))[0, len(ids) - 1:].argmax(-1).tolist()
+    return pred[:-1] == answer and not tok.decode(pred[-1:])[:1].isdigit()
+
+
+def passkey_accuracy(model, tok, lengths, depths, trials, seed=0, mode="generate", device="cpu", progress=False):
+    """{length: {depth: accuracy}} over `trials` random 5-digit keys per cell, seeded per (seed, length, depth)."""
+    assert mode in ("generate", "teacher"), f"passkey mode must be generate or teacher, got {mode!r}"
+    for L in lengths:
+        check_length(model, L)
+    cells = [(L, d) for L in lengths for d in depths]
+    acc = {L: {} for L in lengths}
+    for L, d in progress_bar(cells, "passkey") if progress else cells:
+        rng = np.random.default_rng([seed, L, round(d * 1000)])
+        keys = rng.integers(10000, 100000, size=trials).tolist()
+        acc[L][d] = sum(passkey_hit(model, tok, *passkey_prompt(tok, L, d, k), k, mode, device) for k in keys) / trials
+    return acc
+
+
+# ----------------------------------------------------------------------------- the driver
+def model_specs(models):
+    """'a=dir1,dir2' -> [("a", dir1), (name, dir2)]; a name is the folder's, or its parent's for final/ckpt_*."""
+    specs = []
+    for item in models.split(","):
+        name, _, path = item.rpartition("=")
+        p = Path(path.rstrip("/"))
+        specs.append((name or (p.parent.name if p.name == "final" or p.name.startswith("ckpt_") else p.name), path))
+    return specs
+
+
+def load_docs(cfg):
+    """(documents, tokenizer, description) from a prepare.py folder or from text/jsonl files."""
+    if os.path.exists(os.path.join(cfg.data, cfg.split + ".json")):
+        data = TokenDataset(cfg.data, cfg.split)
+        tok = load_tokenizer(cfg.tokenizer or data.meta["tokenizer"])
+        return [data.doc(i) for i in range(len(data))], tok, f"{cfg.data} ({cfg.split})"
+    tok = load_tokenizer(cfg.tokenizer or "web-bpe4k")
+    docs = [np.array([bos_of(tok)] + tok.encode(text)) for _, text in read_documents(cfg.data.split(","), cfg.key)]
+    return docs, tok, cfg.data
+
+
+def markdown(header, rows):
+    return "".join(f"| {' | '.join(map(str, r))} |\n" for r in [header, ["---"] * len(header), *rows])
+
+
+def evaluate_models(cfg, progress=True):
+    """Evaluate every model in cfg.models; write OUT/{ppl,passkey}.{json,md} and PLOTS/{ppl,passkey_NAME}.png."""
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    lengths = [int(x) for x in cfg.lengths.split(",")]
+    pk_lengths = [int(x) for x in (cfg.passkey_lengths or cfg.lengths).split(",")]
+    depths = [float(x) for x in cfg.passkey_depths.split(",")]
+    docs, tok, source = load_docs(cfg)
+    ppl, keys = {}, {}
+    for name, path in model_specs(cfg.models):
+        model = M.from_pretrained(path, cfg.max_seq_len, getattr(torch, cfg.dtype)).to(device).eval()
+        if model.cfg.vocab_size < tok.n_vocab:
+            raise ValueError(f"{path} has {model.cfg.vocab_size} token embeddings, the tokenizer {tok.n_vocab} tokens")
+        Lc, Lt = model.cfg.original_len, model.cfg.max_seq_len
+        print(f"{name}: {path}, Lc = {Lc}, Lt = {Lt}, rope scaling {model.cfg.rope_scaling}")
+        res = {}
+        for L in lengths:
+            cut = [d[:max(cfg.max_tokens, L) + 1] for d in docs] if cfg.max_tokens else docs
+            res[L] = perplexity(model, cut, L, bos_id=bos_of(tok), stride=cfg.stride, truncate=cfg.truncate,
+                                batch_tokens=cfg.batch_tokens, device=device, progress=progress)
+        print(f"{name}: perplexity " + ", ".join(f"@{L}: {r['ppl']:.3f}" for L, r in res.items()))
+        ppl[name] = {"path": path, "Lc": Lc, "Lt": Lt, "ppl": res}
+        if cfg.passkey_trials:
+            keys[name] = passkey_accuracy(model, tok, pk_lengths, depths, cfg.passkey_trials, cfg.seed,
+                                          cfg.passkey_mode, device, progress)
+            print(f"{name}: passkey " + ", ".join(f"@{L}: {np.mean(list(a.values())):.0%}"
+                                                  for L, a in keys[name].items()))
+        del model  # before the next one loads
+    write_results(cfg, f"{source}, tokenizer {tok.name}", ppl, keys)
+    return ppl, keys
+
+
+def write_results(cfg, source, ppl, keys):
+    def write(name, text):
+        with open(os.path.join(cfg.out, name), "w") as f:
+            f.write(text)
+    os.makedirs(cfg.out, exist_ok=True)
+    os.makedirs(cfg.plots, exist_ok=True)
+    mode = "truncate" if cfg.truncate else f"sliding window, stride {cfg.stride or '= window'}"
+    write("ppl.json", json.dumps({"protocol": {"data": source, "mode": mode, "max_tokens": cfg.max_tokens},
+                                  "models": ppl}, indent=1))
+    lengths = list(next(iter(ppl.values()))["ppl"])
+    rows = [[name] + [f"{v:.2f}" if v < 1e4 else f"{v:.2e}" for v in (r["ppl"][L]["ppl"] for L in lengths)]
+            for name, r in ppl.items()]
+    write("ppl.md", f"Perplexity on {source}, {mode}, token-weighted.\n\n" + markdown(["model", *lengths], rows))
+    plots.plot_perplexity({n: {L: v["ppl"] for L, v in r["ppl"].items()} for n, r in ppl.items()},
+                          os.path.join(cfg.plots, "ppl.png"), plots.context_marks(ppl), f"Perplexity on {source}")
+    if not keys:
+        return
+    write("passkey.json", json.dumps({"protocol": {"trials": cfg.passkey_trials, "mode": cfg.passkey_mode,
+                                                  "seed": cfg.seed}, "models": keys}, indent=1))
+    depths = list(next(iter(next(iter(keys.values())).values())))
+    rows = [[name, L] + [f"{a[d]:.0%}" for d in depths] + [f"{np.mean(list(a.values())):.0%}"]
+            for name, acc in keys.items() for L, a in acc.items()]
+    write("passkey.md", f"Passkey retrieval accuracy, {cfg.passkey_trials} trials per cell, {cfg.passkey_mode}.\n\n"
+          + markdown(["model", "length"] + [f"depth {d:.0%}" for d in depths] + ["mean"], rows))
+    for name, acc in keys.items():
+        plots.plot_passkey(acc, os.path.join(cfg.plots, f"passkey_{name}.png"), f"Passkey retrieval: {name}")
+
+
+if __name__ == "__main__":
+    cfg = parse_config(EvalConfig, sys.argv[1:], __doc__)
+    print(json.dumps(asdict(cfg)))
+    try:
+        evaluate_models(cfg)
+    except FileNotFoundError as e:  # a missing model or data folder: one line, not a traceback
+        sys.exit(f"error: {e}")

@@ -1,0 +1,166 @@
+"""plots.py: the project's figures as PNGs (perplexity, passkey, training loss, memory/time, coverage), from data.
+
+    python plots.py                       # redraw from results/*.json, out/*/log.jsonl and results/bench.json
+    python plots.py --results=results --logs=out --bench=results/bench.json --out=plots
+
+Each plot_* function takes plain data and an output path, so eval.py, a benchmark or a notebook can call it.
+"""
+import glob
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.figure import Figure  # not pyplot: no global figure state, no backend to choose, PNG through Agg
+
+SIZE = (7, 4.2)  # inches at 110 dpi: 770 px wide, readable at README width
+
+
+def _log2_lengths(ax, lengths):
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [f"{L // 1024}k" if L >= 1024 and L % 1024 == 0 else str(L) for L in lengths])
+    ax.minorticks_off()
+
+
+def _save(fig, path):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_perplexity(ppl, path, marks=None, title="Perplexity vs evaluation length"):
+    """ppl {model: {length: perplexity}}; marks {length: label} draws e.g. Lc and Lt as dashed lines."""
+    fig = Figure(figsize=SIZE)
+    ax = fig.subplots()
+    lengths = sorted({int(L) for curve in ppl.values() for L in curve})
+    for name, curve in ppl.items():
+        xs = sorted(curve, key=int)
+        ax.plot([int(L) for L in xs], [curve[L] for L in xs], "o-", label=name)
+    for x, label in (marks or {}).items():
+        ax.axvline(int(x), color="gray", ls="--", lw=1)
+        ax.text(int(x), 0.98, f" {label} = {x}", color="gray", va="top", transform=ax.get_xaxis_transform())
+    values = [v for curve in ppl.values() for v in curve.values()]
+    log = max(values) > 10 * min(values)  # a model past its window goes to 10^3 and beyond
+    if log:
+        ax.set_yscale("log")
+    _log2_lengths(ax, lengths)
+    ax.set(xlabel="evaluation window (tokens)", ylabel="perplexity" + " (log scale)" * log, title=title)
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_passkey(acc, path, title="Passkey retrieval"):
+    """acc {length: {depth: accuracy in [0, 1]}} -> a heatmap, lengths across and depths down, cells labelled."""
+    lengths = sorted(acc, key=int)
+    depths = sorted(acc[lengths[0]], key=float)
+    grid = np.array([[acc[L][d] for L in lengths] for d in depths])  # (depths, lengths)
+    fig = Figure(figsize=SIZE)
+    ax = fig.subplots()
+    im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=9)
+    ax.set_xticks(range(len(lengths)), [str(L) for L in lengths])
+    ax.set_yticks(range(len(depths)), [f"{float(d):.0%}" for d in depths])
+    ax.set(xlabel="prompt length (tokens)", ylabel="key depth in the filler", title=title)
+    fig.colorbar(im, ax=ax, label="accuracy")
+    _save(fig, path)
+
+
+def read_log(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_training(logs, path, title="Training loss"):
+    """logs {run: [log.jsonl records]}: training loss per step (lines) and eval loss per length (dots)."""
+    fig = Figure(figsize=SIZE)
+    ax = fig.subplots()
+    for k, (name, records) in enumerate(logs.items()):
+        color = f"C{k}"
+        train = [r for r in records if "loss" in r]
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], color=color, label=f"{name} train")
+        evals = [r for r in records if "eval" in r]
+        for j, L in enumerate(sorted({L for r in evals for L in r["eval"]}, key=int)):
+            pts = [(r["step"], r["eval"][L]) for r in evals if L in r["eval"]]
+            ax.plot(*zip(*pts), "os^dv"[j % 5] + ":", color=color, ms=5, label=f"{name} eval @{L}")
+    ax.set(xlabel="step", ylabel="loss (nats / token)", title=title)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_memory_time(bench, path, title="Cost of one training step vs target length"):
+    """bench {method: {Lt: {"mem_gib", "step_s"}}} -> memory and time side by side (the paper's Figure 3)."""
+    fig = Figure(figsize=(SIZE[0] * 1.4, SIZE[1]))
+    axes = fig.subplots(1, 2)
+    lengths = sorted({int(L) for runs in bench.values() for L in runs})
+    for ax, key, label in zip(axes, ("mem_gib", "step_s"), ("peak memory (GiB)", "time per step (s)")):
+        for method, runs in bench.items():
+            xs = sorted(runs, key=int)
+            ax.plot([int(L) for L in xs], [runs[L][key] for L in xs], "o-", label=method)
+        _log2_lengths(ax, lengths)
+        ax.set(xlabel="target length Lt (tokens)", ylabel=label, ylim=(0, None))
+        ax.legend()
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_coverage(curves, Lc, path, title="Relative-position coverage"):
+    """curves {label: P(distance d occurs) for d in [0, Lt)}, e.g. from pose.coverage; Lc dashed."""
+    fig = Figure(figsize=SIZE)
+    ax = fig.subplots()
+    for label, rel in curves.items():
+        ax.plot(np.arange(len(rel)), rel, lw=1.6, label=label)
+    ax.axvline(Lc, color="gray", ls="--", lw=1)
+    ax.text(Lc, 1.08, f" Lc = {Lc}", color="gray", va="top")
+    ax.set(xlim=(0, max(map(len, curves.values()))), ylim=(-0.02, 1.1), xlabel="relative distance d (tokens)",
+           ylabel="P(d occurs in one training example)", title=title)
+    ax.legend(loc="center right")
+    _save(fig, path)
+
+
+@dataclass
+class PlotConfig:
+    results: str = "results"           # eval.py's output folder (ppl.json, passkey.json)
+    logs: str = "out"                  # every LOGS/*/log.jsonl is a training run
+    bench: str = "results/bench.json"  # {method: {Lt: {"mem_gib", "step_s"}}}
+    out: str = "plots"
+
+
+def context_marks(models):
+    """{length: "Lc" or "Lt"} from ppl.json's models ({name: {"Lc", "Lt", ...}}); Lc wins where a length is both."""
+    marks = {r["Lt"]: "Lt" for r in models.values()}
+    return marks | {r["Lc"]: "Lc" for r in models.values()}
+
+
+def _load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def main(cfg):
+    """Redraw every figure whose input exists; the coverage figure is pose.py's (python pose.py)."""
+    wrote = []
+    if os.path.exists(os.path.join(cfg.results, "ppl.json")):
+        results = _load(os.path.join(cfg.results, "ppl.json"))
+        models = results["models"]
+        wrote.append(os.path.join(cfg.out, "ppl.png"))
+        plot_perplexity({n: {L: v["ppl"] for L, v in r["ppl"].items()} for n, r in models.items()}, wrote[-1],
+                        context_marks(models), f"Perplexity on {results['protocol']['data']}")
+    if os.path.exists(os.path.join(cfg.results, "passkey.json")):
+        for name, acc in _load(os.path.join(cfg.results, "passkey.json"))["models"].items():
+            wrote.append(os.path.join(cfg.out, f"passkey_{name}.png"))
+            plot_passkey(acc, wrote[-1], title=f"Passkey retrieval: {name}")
+    runs = sorted(glob.glob(os.path.join(cfg.logs, "*", "log.jsonl")))
+    if runs:
+        wrote.append(os.path.join(cfg.out, "training.png"))
+        plot_training({os.path.basename(os.path.dirname(p)): read_log(p) for p in runs}, wrote[-1])
+    if os.path.exists(cfg.bench):
+        wrote.append(os.path.join(cfg.out, "memory_time.png"))
+        plot_memory_time(_load(cfg.bench), wrote[-1])
+    print("wrote " + (", ".join(wrote) if wrote else f"nothing: no inputs in {cfg.results}, {cfg.logs}, {cfg.bench}"))
+
+
+if __name__ == "__main__":
+    from train import parse_config
+    main(parse_config(PlotConfig, sys.argv[1:], __doc__))

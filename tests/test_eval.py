@@ -1,0 +1,187 @@
+"""eval.py and plots.py: perplexity scores every token once and agrees with plain logits, passkey prompts and
+scoring are right, the driver writes its tables and figures, and every plot renders with Agg."""
+import json
+import math
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import eval as E
+import model as M
+import plots
+import pose
+from tokenizer import load_tokenizer
+from train import parse_config
+
+V = 4096
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: a second thread only adds contention, ten times slower on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("web-bpe4k")
+
+
+def tiny(seed=0, max_seq_len=128):
+    torch.manual_seed(seed)
+    return M.LLaMA(M.ModelConfig(dim=64, n_layers=2, n_heads=4, vocab_size=V, max_seq_len=max_seq_len)).eval()
+
+
+def random_docs(lengths, seed=0, bos=V - 1):
+    rng = np.random.default_rng(seed)
+    return [np.concatenate([[bos], rng.integers(0, V - 1, n - 1)]) for n in lengths]
+
+
+class Recorder(nn.Module):
+    """Stands in for a model: records every (input, targets) batch perplexity() sends and returns zero loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.cfg, self.calls = M.ModelConfig(max_seq_len=10**6), []
+
+    def forward(self, idx, pos=None, targets=None, reduction="mean"):
+        self.calls.append((idx.clone(), targets.clone()))
+        return torch.zeros(())
+
+
+@pytest.mark.parametrize("n,ctx,stride,truncate", [(1, 8, 8, False), (2, 8, 3, False), (8, 8, 8, False),
+                                                   (9, 8, 8, False), (50, 8, 1, False), (50, 8, 5, False),
+                                                   (51, 16, 16, False), (50, 8, 0, True), (80, 16, 0, True)])
+def test_every_token_scored_once_with_its_context(n, ctx, stride, truncate):
+    doc = np.arange(n + 1)  # BOS = 0, then x_i = i + 1: a target's value says where it sits in the document
+    rec = Recorder()
+    out = E.perplexity(rec, [doc, doc], ctx, bos_id=0, stride=stride, truncate=truncate, batch_tokens=3 * ctx)
+    scored = torch.cat([y[y != -1] for _, y in rec.calls]).sort().values
+    expected = np.arange(1, ctx + 1) if truncate else np.arange(1, n + 1)
+    assert scored.tolist() == sorted(2 * expected.tolist()) and out["tokens"] == 2 * len(expected)
+    for x, y in rec.calls:
+        assert x.shape[1] <= ctx and (x[:, 0] == 0).all(), "a window is BOS + at most ctx - 1 text tokens"
+        rows, cols = torch.nonzero(y != -1, as_tuple=True)
+        before = torch.where(cols == 0, 0, y[rows, cols] - 1)  # the token before the target, or the window's BOS
+        assert (x[rows, cols] == before).all(), "each target is predicted from the tokens before it"
+        # after the first window a token sees at least ctx - stride tokens before it (BOS + ctx - stride - 1)
+        assert (cols >= torch.clamp(y[rows, cols] - 1, max=ctx - (stride or ctx))).all()
+
+
+def test_uniform_logits_give_the_vocabulary_size():
+    model = tiny()
+    with torch.no_grad():
+        model.output.weight.zero_()  # every logit 0: each token has probability 1/V
+    docs = random_docs([300, 77])
+    for kw in ({"stride": 48}, {"truncate": True}):
+        out = E.perplexity(model, docs, 64, bos_id=V - 1, **kw)
+        assert out["ppl"] == pytest.approx(V, rel=1e-5)
+    assert out["tokens"] == 2 * 64 and E.perplexity(model, docs, 64, bos_id=V - 1, stride=48)["tokens"] == 299 + 76
+
+
+def test_chunked_loss_matches_plain_logits():
+    model, ctx = tiny(seed=1, max_seq_len=1024), 600
+    docs = random_docs([700, 650], seed=2)  # 2 windows x 600 tokens: more than one 1024-token loss chunk
+    out = E.perplexity(model, docs, ctx, bos_id=V - 1, truncate=True, batch_tokens=2 * ctx)
+    with torch.no_grad():
+        nll = sum(F.cross_entropy(model(torch.from_numpy(d[None, :ctx]))[0], torch.from_numpy(d[1:ctx + 1]),
+                                  reduction="sum").item() for d in docs)
+    assert out["tokens"] == 2 * ctx and out["nll"] == pytest.approx(nll / (2 * ctx), rel=1e-5)
+
+
+def test_windows_past_max_seq_len_warn_but_run():
+    with pytest.warns(UserWarning, match="beyond the model's max_seq_len=128"):
+        out = E.perplexity(tiny(), random_docs([300]), 256, bos_id=V - 1)
+    assert out["tokens"] == 299
+
+
+@pytest.mark.parametrize("length", [128, 300, 1000, 3000])
+def test_passkey_prompt_length_and_depth(tok, length):
+    rep = len(E.FILLER.split(" "))
+    for depth in (0, 0.1, 0.25, 0.5, 0.9, 1):
+        ids, answer = E.passkey_prompt(tok, length, depth, 31415)
+        assert length - 4 <= len(ids) + len(answer) <= length
+        assert ids[0] == tok.eos_id and tok.decode(answer) == " 31415"
+        intro, before, key_line, after, question = tok.decode(ids[1:]).split("\n")
+        assert (intro, key_line, question) == (E.INTRO, E.KEY_LINE.format(key=31415), E.QUESTION)
+        n_before, n_after = len(before.split()), len(after.split())
+        assert abs(n_before - depth * (n_before + n_after)) <= rep / 2, "the key sits at the requested depth"
+        assert n_before % rep == 0 or n_after == 0, "the key line goes between repetitions"
+
+
+class Copier(nn.Module):
+    """A model built to copy: it predicts the token that followed the latest earlier occurrence of the last three
+    tokens, looking back at most `window` tokens (else it predicts EOS). So it finds a key only when the key line
+    is near the question: accuracy depends on length and depth. It runs under model.py's generate()."""
+    generate = M.LLaMA.generate
+
+    def __init__(self, window):
+        super().__init__()
+        self.cfg, self.window = M.ModelConfig(max_seq_len=10**6), window
+
+    def new_cache(self):
+        return [[None, None]]
+
+    def forward(self, idx, pos=None, targets=None, cache=None):
+        seq = idx[0] if cache is None or cache[0][0] is None else torch.cat([cache[0][0], idx[0]])
+        if cache is not None:
+            cache[0][0] = seq
+        T, t = len(seq), torch.arange(len(seq))
+        grams = torch.stack([torch.cat([torch.full((k,), -1 - k), seq[:T - k]]) for k in range(3)], 1)  # (T, 3)
+        back = t[:, None] - t[None]  # (T, T): how far back position s is from t
+        match = (grams[:, None] == grams[None]).all(-1) & (back > 0) & (back <= self.window)
+        src = torch.where(match, t[None], -1).max(1).values  # the latest matching earlier position, or -1
+        nxt = torch.where(src >= 0, seq[(src + 1).clamp(max=T - 1)], V - 1)
+        return F.one_hot(nxt, V).float()[None, -idx.shape[1]:]  # (1, T_new, V)
+
+
+def test_generation_and_teacher_forcing_agree_on_a_copier(tok):
+    model, lengths, depths = Copier(window=100), [128, 256], [0, 0.5, 1]
+    gen = E.passkey_accuracy(model, tok, lengths, depths, trials=2, seed=3, mode="generate")
+    teacher = E.passkey_accuracy(model, tok, lengths, depths, trials=2, seed=3, mode="teacher")
+    assert gen == teacher
+    assert gen[256][1] == 1 and gen[256][0] == 0, "the copier finds a near key and misses a far one"
+
+
+def test_evaluate_models_writes_tables_and_plots(tmp_path, tok):
+    text = tmp_path / "book.txt"
+    text.write_text(" ".join([E.FILLER, E.INTRO] * 20))
+    M.save_pretrained(tiny(), tmp_path / "run" / "final")
+    cfg = parse_config(E.EvalConfig, [f"--models={tmp_path / 'run' / 'final'},b={tmp_path / 'run' / 'final'}",
+                                      "--lengths=64,128", f"--data={text}", "--passkey_lengths=128",
+                                      "--passkey_trials=1", "--passkey_depths=0,1", f"--out={tmp_path / 'res'}",
+                                      f"--plots={tmp_path / 'plots'}"])
+    E.evaluate_models(cfg, progress=False)
+    ppl = json.loads((tmp_path / "res" / "ppl.json").read_text())["models"]
+    n = len(tok.encode(text.read_text()))
+    assert list(ppl) == ["run", "b"] and ppl["run"]["ppl"]["64"]["tokens"] == n
+    assert ppl["run"]["ppl"]["128"] == ppl["b"]["ppl"]["128"] and ppl["run"]["Lc"] == 128
+    assert math.isfinite(ppl["run"]["ppl"]["64"]["ppl"])
+    assert "| run |" in (tmp_path / "res" / "ppl.md").read_text()
+    keys = json.loads((tmp_path / "res" / "passkey.json").read_text())["models"]
+    assert set(keys["b"]["128"]) == {"0.0", "1.0"}
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"ppl.png", "passkey_run.png", "passkey_b.png"}
+
+
+def test_plots_render_with_agg(tmp_path):
+    matplotlib.use("Agg")  # headless, as on a server or in CI
+    rel, _ = pose.coverage("pose", 16, 64, n_samples=50, rng=np.random.default_rng(0))
+    log = [{"step": 10, "loss": 5.0, "lr": 1e-3}, {"step": 20, "loss": 4.0, "lr": 1e-3},
+           {"step": 20, "eval": {"128": 4.2, "1024": 6.0}}]
+    bench = {"Full-length": {"4096": {"mem_gib": 20, "step_s": 2.0}, "8192": {"mem_gib": 31, "step_s": 4.1}},
+             "PoSE": {"4096": {"mem_gib": 14.5, "step_s": 1.0}, "8192": {"mem_gib": 14.5, "step_s": 1.0}}}
+    calls = {"ppl.png": lambda p: plots.plot_perplexity({"a": {128: 9.0, 1024: 2e3}}, p, {128: "Lc", 1024: "Lt"}),
+             "passkey.png": lambda p: plots.plot_passkey({128: {0.0: 1.0, 1.0: 0.5}, 256: {0.0: 0.0, 1.0: 0.2}}, p),
+             "training.png": lambda p: plots.plot_training({"run": log}, p),
+             "memory_time.png": lambda p: plots.plot_memory_time(bench, p),
+             "coverage.png": lambda p: plots.plot_coverage({"PoSE N = 2": rel}, 16, p)}
+    for name, draw in calls.items():
+        draw(tmp_path / name)
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / name).stat().st_size > 10_000

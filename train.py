@@ -1,0 +1,454 @@
+"""train.py: pretrain a tiny LLaMA, or extend a LLaMA's context with PoSE / Full-length / RandPos / plain windows.
+
+    python train.py configs/tiny_pretrain.toml                      # a tiny base model on CPU
+    python train.py configs/tiny_pose.toml --max_steps=50           # extend it 8x with PoSE
+    torchrun --nproc_per_node=8 train.py configs/llama2_7b_pose_16k.toml --fsdp=true
+    python train.py -h                                              # every option
+
+One plain loop for all of them: sample windows (pose.py), forward with explicit positions (model.py), AdamW with
+warm-up and decay. Checkpoints are Hugging Face directories (plus train_state.pt for resuming) written atomically;
+the final model is out_dir/final, which transformers loads as it is.
+"""
+import json
+import math
+import os
+import resource
+import shutil
+import sys
+import time
+import tomllib
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+import model as M
+import pose
+from prepare import TokenDataset
+
+
+@dataclass
+class TrainConfig:
+    # data: a folder written by prepare.py, holding train.* and eval.* splits
+    data_dir: str = "data/tok/web-bpe4k"
+    # where the model comes from: "scratch", "resume" (out_dir's latest checkpoint), or a HF / Meta / project dir
+    init_from: str = "scratch"
+    # model shape, used with init_from=scratch
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 8
+    n_kv_heads: int = 4
+    vocab_size: int = 4096
+    rope_theta: float = 10000.0
+    # the method: pose | full | randpos | plain; Lc the training window, Lt the target context
+    method: str = "plain"
+    Lc: int = 128
+    Lt: int = 128
+    num_chunks: int = 2
+    text: str = "skip"          # pose text skips: skip | contiguous | aligned
+    # RoPE scaling set at extension time: keep (as loaded) | none | linear | ntk | dynamic | yarn | yarn_pose | llama3
+    rope_type: str = "keep"
+    rope_factor: float = 0.0    # 0: Lt / Lc
+    # optimisation
+    batch_size: int = 16        # rows per process per micro-step
+    grad_accum: int = 1
+    max_steps: int = 1000
+    lr: float = 1e-3
+    min_lr: float = 0.0
+    warmup_steps: int = 10
+    decay: str = "linear"       # linear | cosine, from lr after warm-up to min_lr at max_steps
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    # LoRA: rank 0 trains every weight; >0 trains adapters on lora_targets (+ embeddings / norms if asked)
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: str = "wq,wk,wv,wo"
+    lora_train_embeddings: bool = False
+    lora_train_norms: bool = False
+    # system
+    device: str = "auto"        # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"      # float32 | bfloat16 | float16 (autocast; the weights stay float32)
+    grad_checkpointing: bool = False
+    compile: bool = False
+    fsdp: bool = False          # under torchrun: FSDP2 fully_shard instead of DDP
+    seed: int = 1337
+    # logging, evaluation, checkpoints
+    out_dir: str = "out/run"
+    log_interval: int = 10
+    eval_interval: int = 100    # 0: only at the end
+    eval_batches: int = 4
+    ckpt_interval: int = 100    # 0: only at the end
+    keep_checkpoints: int = 1
+
+
+# ----------------------------------------------------------------------------- config: file, --key=value, -h
+def parse_config(cls, argv, doc=__doc__):
+    """A `cls` dataclass from optional .toml files and --key=value overrides, in that order; -h prints `doc` and
+    lists the keys."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(doc)
+        for f in fields(cls):
+            print(f"  --{f.name}={f.default!r}")
+        sys.exit(0)
+    values = {}
+    for arg in argv:
+        if arg.startswith("--"):
+            key, eq, val = arg[2:].partition("=")
+            if not eq:
+                sys.exit(f"error: {arg}: options are --key=value")
+            values[key] = val
+        else:
+            with open(arg, "rb") as f:
+                values.update(tomllib.load(f))
+    known = {f.name: f for f in fields(cls)}
+    for key, val in values.items():
+        if key not in known:
+            sys.exit(f"error: unknown config key {key!r} (python {sys.argv[0]} -h lists them)")
+        values[key] = _convert(val, type(known[key].default), key)
+    return cls(**values)
+
+
+def _convert(val, typ, key):
+    if not isinstance(val, str) or typ is str:
+        return val
+    try:
+        if typ is bool:
+            return {"true": True, "false": False, "1": True, "0": False}[val.lower()]
+        return typ(val)
+    except (KeyError, ValueError):
+        sys.exit(f"error: --{key}={val}: expected a {typ.__name__}")
+
+
+def check_config(cfg):
+    if cfg.method not in pose.METHODS:
+        sys.exit(f"error: unknown method {cfg.method!r}; expected one of {', '.join(pose.METHODS)}")
+    if cfg.Lt < cfg.Lc:
+        sys.exit(f"error: Lt={cfg.Lt} is shorter than Lc={cfg.Lc}")
+    if not 1 <= cfg.num_chunks <= cfg.Lc:
+        sys.exit(f"error: num_chunks={cfg.num_chunks} must be between 1 and Lc={cfg.Lc}")
+    if cfg.text not in pose.TEXTS:
+        sys.exit(f"error: unknown text option {cfg.text!r}; expected one of {', '.join(pose.TEXTS)}")
+    if cfg.rope_type not in ("keep", "none") + M.ROPE_TYPES:
+        sys.exit(f"error: unknown rope_type {cfg.rope_type!r}")
+
+
+# ----------------------------------------------------------------------------- data
+def window_len(cfg):
+    return cfg.Lt if cfg.method == "full" else cfg.Lc
+
+
+def get_batch(data, cfg, rng, rows):
+    """`rows` training windows: (x, pos, y), each (rows, T - 1) int64, x/pos the input and y the next tokens.
+
+    Each window comes from a random stretch of a random document (weighted by length) of up to 5·Lc tokens
+    (Lt for full), the document length the official code trains on; pose.sample then cuts the window from it."""
+    need = cfg.Lt if cfg.method == "full" or cfg.text == "aligned" else cfg.Lc
+    docs = data.docs_at_least(need)
+    if len(docs) == 0:
+        raise ValueError(f"no document in {cfg.data_dir} has the {need} tokens a {cfg.method} window needs")
+    weights = data.lengths[docs] / data.lengths[docs].sum()
+    span = max(pose.DOC_CAP * cfg.Lc, need)
+    xs, ps = [], []
+    for d in rng.choice(docs, size=rows, p=weights):
+        doc = data.doc(d)
+        start = rng.integers(0, max(len(doc) - span, 0) + 1)
+        tokens, pos = pose.sample(doc[start:start + span], cfg.Lc, cfg.Lt, cfg.method, cfg.num_chunks,
+                                  cfg.text, rng=rng)
+        xs.append(tokens)
+        ps.append(pos)
+    tokens, pos = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ps))
+    return tokens[:, :-1], pos[:, :-1], tokens[:, 1:]
+
+
+def get_lr(step, cfg):
+    """Linear warm-up to lr, then linear or cosine decay to min_lr at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1)
+    shape = 1 - t if cfg.decay == "linear" else 0.5 * (1 + math.cos(math.pi * t))
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * shape
+
+
+# ----------------------------------------------------------------------------- model, context extension, LoRA
+def extend_context(mcfg, cfg):
+    """Set the RoPE scaling that maps positions [0, Lt) onto what a model pretrained at Lc knows."""
+    if cfg.rope_type == "keep":
+        return mcfg
+    factor = cfg.rope_factor or cfg.Lt / cfg.Lc
+    rs = None if cfg.rope_type == "none" else {"rope_type": cfg.rope_type, "factor": factor}
+    if cfg.rope_type == "ntk":
+        rs = {"rope_type": "ntk", "alpha": factor}
+    elif rs and cfg.rope_type != "linear":  # these remember the pretraining length; linear needs only s
+        rs["original_max_position_embeddings"] = cfg.Lc
+    if cfg.rope_type == "llama3":
+        rs |= {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    return M.ModelConfig(**(asdict(mcfg) | {"rope_scaling": rs, "max_seq_len": max(cfg.Lt, mcfg.max_seq_len)}))
+
+
+class LoRALinear(nn.Module):
+    """y = W x + (alpha / r) · B A x with W frozen; B starts at zero, so training starts from the base model."""
+
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        self.base, self.scale = base, alpha / rank
+        self.A = nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
+        self.B = nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.A.t() @ self.B.t()) * self.scale
+
+    def merged(self):
+        return self.base.weight + (self.B @ self.A).to(self.base.weight.dtype) * self.scale
+
+
+def add_lora(model, cfg):
+    targets = set(cfg.lora_targets.split(","))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for layer in model.layers:
+        for parent in (layer.attention, layer.feed_forward):
+            for name in targets & set(dict(parent.named_children())):
+                setattr(parent, name, LoRALinear(getattr(parent, name), cfg.lora_rank, cfg.lora_alpha))
+    for name, p in model.named_parameters():
+        if (cfg.lora_train_embeddings and name.startswith(("tok_embeddings", "output"))) or \
+           (cfg.lora_train_norms and name.endswith("norm.weight")):
+            p.requires_grad_(True)
+
+
+def merge_lora(sd, scale):
+    """A full state dict with LoRA adapters -> the plain LLaMA one, each B·A·scale folded into its weight."""
+    out = {}
+    for k, v in sd.items():
+        if k.endswith(".base.weight"):
+            stem = k[:-len(".base.weight")]
+            out[stem + ".weight"] = v + (sd[stem + ".B"] @ sd[stem + ".A"]).to(v.dtype) * scale
+        elif not k.endswith((".A", ".B")):
+            out[k] = v
+    return out
+
+
+def load_model(init_from, cfg):
+    if init_from == "scratch":
+        return M.LLaMA(M.ModelConfig(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                                     n_kv_heads=cfg.n_kv_heads, vocab_size=cfg.vocab_size,
+                                     rope_theta=cfg.rope_theta, max_seq_len=cfg.Lc))
+    return M.from_pretrained(init_from, max_seq_len=cfg.Lc)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def latest_checkpoint(out_dir):
+    try:
+        with open(os.path.join(out_dir, "latest")) as f:
+            return os.path.join(out_dir, f.read().strip())
+    except FileNotFoundError:
+        return None
+
+
+def _write_atomic(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+
+
+def full_state(model, optimizer=None):
+    """Whole (unsharded, CPU) state dicts of the model and optimizer, also under DDP and FSDP (a collective)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_state_dict(model, optimizer, options=opts) if optimizer else (get_model_state_dict(model, options=opts), None)
+
+
+def save_model(model, cfg, path):
+    """The model, adapters merged, as a Hugging Face directory (every rank must call it)."""
+    sd, _ = full_state(model)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        M.save_pretrained(raw_model(model), path, merge_lora(sd, cfg.lora_alpha / max(cfg.lora_rank, 1)))
+
+
+def save_checkpoint(model, optimizer, scaler, step, rng, cfg, base_from):
+    """out_dir/ckpt_STEP: the merged model as a HF directory + train_state.pt; then `latest` is switched to it.
+
+    The pointer moves only once the directory is complete, so a crash mid-save leaves the last good one."""
+    model_sd, optim_sd = full_state(model, optimizer)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
+    name = f"ckpt_{step:07d}"
+    tmp = os.path.join(cfg.out_dir, f".{name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    M.save_pretrained(raw_model(model), tmp, merge_lora(model_sd, cfg.lora_alpha / max(cfg.lora_rank, 1)))
+    trained = {k for k, p in raw_model(model).named_parameters() if p.requires_grad}
+    torch.save({"trained": {k: v for k, v in model_sd.items() if k in trained} if cfg.lora_rank else {},
+                "optimizer": optim_sd, "scaler": scaler.state_dict(), "step": step, "base_from": base_from,
+                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "config": asdict(cfg)},
+               os.path.join(tmp, "train_state.pt"))
+    shutil.rmtree(os.path.join(cfg.out_dir, name), ignore_errors=True)
+    os.replace(tmp, os.path.join(cfg.out_dir, name))
+    _write_atomic(os.path.join(cfg.out_dir, "latest"), name)
+    old = sorted(d for d in os.listdir(cfg.out_dir) if d.startswith("ckpt_") and d != name)
+    for d in old[:max(len(old) - cfg.keep_checkpoints + 1, 0)]:
+        shutil.rmtree(os.path.join(cfg.out_dir, d), ignore_errors=True)
+
+
+def raw_model(model):
+    return getattr(model, "module", model)
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model, data, lengths, batches, batch_size, ctx, device, seed=0):
+    """Mean next-token loss of contiguous windows at positions 0..L-1, for each L, on fixed random windows."""
+    model.eval()
+    out = {}
+    for L in lengths:
+        docs = data.docs_at_least(L + 1)
+        if len(docs) == 0:
+            continue
+        rng, total = np.random.default_rng(seed), 0.0
+        for _ in range(batches):
+            rows = []
+            for d in rng.choice(docs, size=batch_size):
+                start = rng.integers(0, data.lengths[d] - L)
+                rows.append(np.asarray(data.doc(d)[start:start + L + 1], dtype=np.int64))
+            t = torch.from_numpy(np.stack(rows)).to(device)
+            with ctx:
+                total += model(t[:, :-1], targets=t[:, 1:]).item()
+        out[L] = total / batches
+    model.train()
+    return out
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(cfg):
+    check_config(cfg)
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    rank, world = 0, 1
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if ddp:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if device.startswith("cuda"):
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+            torch.cuda.set_device(device)
+    master = rank == 0
+    say = print if master else (lambda *a, **k: None)
+    say(json.dumps(asdict(cfg)))
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)  # the same on every rank: each takes its own rows of one global batch
+    train_data, eval_data = TokenDataset(cfg.data_dir, "train"), TokenDataset(cfg.data_dir, "eval")
+
+    resume = latest_checkpoint(cfg.out_dir) if cfg.init_from == "resume" else None
+    if cfg.init_from == "resume" and resume is None:
+        sys.exit(f"error: init_from=resume but {cfg.out_dir} has no checkpoint")
+    state = torch.load(os.path.join(resume, "train_state.pt"), weights_only=True) if resume else None
+    base_from = state["base_from"] if state else cfg.init_from
+    if state and not cfg.lora_rank:  # fully trained: the checkpoint is the model, already extended
+        model = M.from_pretrained(resume)
+    else:  # a fresh run, or LoRA, whose frozen base comes from where the run began
+        model = load_model(base_from, cfg)
+        model.cfg = extend_context(model.cfg, cfg)
+        model.rope = M.RoPE(model.cfg)
+    if model.cfg.vocab_size < train_data.meta["n_vocab"]:
+        sys.exit(f"error: the tokenizer of {cfg.data_dir} has {train_data.meta['n_vocab']} tokens, "
+                 f"the model only {model.cfg.vocab_size}")
+    if cfg.lora_rank:
+        add_lora(model, cfg)
+        if state:
+            model.load_state_dict(state["trained"], strict=False)
+    model.gradient_checkpointing = cfg.grad_checkpointing
+    model.to(device)
+    say(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+        f"{sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f}M trained; rope {model.cfg.rope_scaling}")
+
+    if ddp and cfg.fsdp:
+        from torch.distributed.fsdp import fully_shard
+        for layer in model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+    elif ddp:
+        model = nn.parallel.DistributedDataParallel(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                                  lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=cfg.dtype == "float16")
+    step = 0
+    if state:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+        scaler.load_state_dict(state["scaler"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        step = state["step"]
+        say(f"resumed from {resume} at step {step}")
+    fwd = torch.compile(model) if cfg.compile else model
+    ctx = nullcontext() if cfg.dtype == "float32" else torch.autocast(device.split(":")[0], dtype=getattr(torch, cfg.dtype))
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    log = open(os.path.join(cfg.out_dir, "log.jsonl"), "a") if master else None
+    eval_lengths = sorted({cfg.Lc, cfg.Lt})
+
+    def run_eval():
+        losses = evaluate(raw_model(model), eval_data, eval_lengths, cfg.eval_batches, cfg.batch_size, ctx, device)
+        say(f"step {step}: eval loss " + ", ".join(f"@{L}: {v:.4f}" for L, v in losses.items()))
+        if log:
+            log.write(json.dumps({"step": step, "eval": losses}) + "\n")
+            log.flush()
+
+    t0, t_start, start_step, T = time.time(), time.time(), step, window_len(cfg) - 1
+    while step < cfg.max_steps:
+        lr = get_lr(step, cfg)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(cfg.grad_accum):
+            x, pos, y = (t[rank * cfg.batch_size:(rank + 1) * cfg.batch_size].to(device)
+                         for t in get_batch(train_data, cfg, rng, cfg.batch_size * world))
+            sync = micro == cfg.grad_accum - 1 or not ddp or cfg.fsdp
+            with ctx, (nullcontext() if sync else model.no_sync()):
+                loss = fwd(x, pos, y) / cfg.grad_accum
+                scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        if ddp:
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        if not torch.isfinite(loss_sum):
+            raise FloatingPointError(f"loss is {loss_sum.item()} at step {step}; the last good checkpoint is "
+                                     f"{latest_checkpoint(cfg.out_dir)}")
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip else torch.zeros(())
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if step % cfg.log_interval == 0 or step == cfg.max_steps:
+            dt = time.time() - t0
+            tok_s = cfg.log_interval * cfg.grad_accum * cfg.batch_size * world * T / dt
+            eta = (time.time() - t_start) / (step - start_step) * (cfg.max_steps - step)
+            mem = (torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda")
+                   else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+            say(f"step {step}/{cfg.max_steps} | loss {loss_sum.item():.4f} | lr {lr:.2e} | grad {grad_norm.item():.2f} "
+                f"| {tok_s:,.0f} tok/s | peak mem {mem:.2f} GiB | ETA {eta / 60:.1f} min")
+            if log:
+                log.write(json.dumps({"step": step, "loss": loss_sum.item(), "lr": lr, "tok_s": tok_s, "mem_gib": mem})
+                          + "\n")
+                log.flush()
+            t0 = time.time()
+        if cfg.eval_interval and step % cfg.eval_interval == 0:
+            run_eval()
+        if (cfg.ckpt_interval and step % cfg.ckpt_interval == 0) or step == cfg.max_steps:
+            save_checkpoint(model, optimizer, scaler, step, rng, cfg, base_from)
+    if not cfg.eval_interval or step % cfg.eval_interval:
+        run_eval()
+    save_model(model, cfg, os.path.join(cfg.out_dir, "final"))
+    say(f"saved {os.path.join(cfg.out_dir, 'final')} ({(time.time() - t_start) / 60:.1f} min)")
+    if ddp:
+        dist.destroy_process_group()
+    return model
+
+
+if __name__ == "__main__":
+    train(parse_config(TrainConfig, sys.argv[1:]))
