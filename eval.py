@@ -28,8 +28,9 @@ import torch
 
 import model as M
 import plots
+from passkey import passkey_prompt
 from prepare import TokenDataset, read_documents
-from tokenizer import load_tokenizer
+from tokenizer import load_tokenizer, start_id
 from train import parse_config
 
 
@@ -72,11 +73,6 @@ def progress_bar(items, desc, out=sys.stderr):
             out.flush()
     if tty:
         out.write("\n")
-
-
-def bos_of(tok):
-    """The token documents start with: BOS, or EOS where the tokenizer has none (as prepare.py does)."""
-    return tok.bos_id if tok.bos_id is not None else tok.eos_id
 
 
 def check_length(model, L):
@@ -126,37 +122,6 @@ def perplexity(model, docs, ctx, *, bos_id, stride=0, truncate=False, batch_toke
     return {"nll": nll / n, "ppl": math.exp(nll / n), "tokens": n}
 
 
-INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
-         "I will quiz you about the important information there.")
-FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
-KEY_LINE = "The pass key is {key}. Remember it. {key} is the pass key."
-QUESTION = "What is the pass key? The pass key is"
-
-
-def passkey_prompt(tok, length, depth, key):
-    """(ids, answer): ids = BOS + the prompt, answer = the key's tokens after it, len(ids) + len(answer) within
-    a few tokens of `length` (but not over). Filler words are added one at a time; the key line goes between
-    two filler repetitions (or after the last, partial one), the boundary nearest a fraction `depth` of the filler."""
-    rep = FILLER.split(" ")
-
-    def build(w):  # the prompt with the first w filler words
-        words = [rep[i % len(rep)] for i in range(w)]
-        cut = min([*range(0, w, len(rep)), w], key=lambda c: abs(c - depth * w))  # rep boundaries and the end
-        text = "\n".join([INTRO, " ".join(words[:cut]), KEY_LINE.format(key=key), " ".join(words[cut:]), QUESTION])
-        ids, full = tok.encode(text), tok.encode(f"{text} {key}")
-        assert full[:len(ids)] == ids, "the key's tokens must extend the prompt's"
-        return [bos_of(tok)] + ids, full[len(ids):]
-
-    need = sum(map(len, build(0)))
-    if need > length:
-        raise ValueError(f"{length} tokens is too short for the passkey template ({need} without filler)")
-    lo, hi = 0, length  # every word is at least one token: the largest w that fits is below `length`
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if sum(map(len, build(mid))) <= length else (lo, mid - 1)
-    return build(lo)
-
-
 @torch.no_grad()
 def passkey_hit(model, tok, ids, answer, key, mode, device):
     """generate: greedy-decode 10 tokens; the first integer in them must be the key. teacher: one forward pass
@@ -202,7 +167,7 @@ def load_docs(cfg):
         tok = load_tokenizer(cfg.tokenizer or data.meta["tokenizer"])
         return [data.doc(i) for i in range(len(data))], tok, f"{cfg.data} ({cfg.split})"
     tok = load_tokenizer(cfg.tokenizer or "web-bpe4k")
-    docs = [np.array([bos_of(tok)] + tok.encode(text)) for _, text in read_documents(cfg.data.split(","), cfg.key)]
+    docs = [np.array([start_id(tok)] + tok.encode(text)) for _, text in read_documents(cfg.data.split(","), cfg.key)]
     return docs, tok, cfg.data
 
 
@@ -217,6 +182,12 @@ def evaluate_models(cfg, progress=True):
     pk_lengths = [int(x) for x in (cfg.passkey_lengths or cfg.lengths).split(",")]
     depths = [float(x) for x in cfg.passkey_depths.split(",")]
     docs, tok, source = load_docs(cfg)
+    # what would fail after hours of perplexity fails now: a passkey length too short for the template, an output
+    # folder that cannot be made
+    for L in pk_lengths if cfg.passkey_trials else []:
+        passkey_prompt(tok, L, 0.0, 10_000)
+    os.makedirs(cfg.out, exist_ok=True)
+    os.makedirs(cfg.plots, exist_ok=True)
     ppl, keys = {}, {}
     for name, path in model_specs(cfg.models):
         model = M.from_pretrained(path, cfg.max_seq_len, getattr(torch, cfg.dtype)).to(device).eval()
@@ -227,7 +198,7 @@ def evaluate_models(cfg, progress=True):
         res = {}
         for L in lengths:
             cut = [d[:max(cfg.max_tokens, L) + 1] for d in docs] if cfg.max_tokens else docs
-            res[L] = perplexity(model, cut, L, bos_id=bos_of(tok), stride=cfg.stride, truncate=cfg.truncate,
+            res[L] = perplexity(model, cut, L, bos_id=start_id(tok), stride=cfg.stride, truncate=cfg.truncate,
                                 batch_tokens=cfg.batch_tokens, device=device, progress=progress)
         print(f"{name}: perplexity " + ", ".join(f"@{L}: {r['ppl']:.3f}" for L, r in res.items()))
         ppl[name] = {"path": path, "Lc": Lc, "Lt": Lt, "ppl": res}
@@ -245,8 +216,6 @@ def write_results(cfg, source, ppl, keys):
     def write(name, text):
         with open(os.path.join(cfg.out, name), "w") as f:
             f.write(text)
-    os.makedirs(cfg.out, exist_ok=True)
-    os.makedirs(cfg.plots, exist_ok=True)
     mode = "truncate" if cfg.truncate else f"sliding window, stride {cfg.stride or '= window'}"
     write("ppl.json", json.dumps({"protocol": {"data": source, "mode": mode, "max_tokens": cfg.max_tokens},
                                   "models": ppl}, indent=1))
@@ -274,5 +243,5 @@ if __name__ == "__main__":
     print(json.dumps(asdict(cfg)))
     try:
         evaluate_models(cfg)
-    except FileNotFoundError as e:  # a missing model or data folder: one line, not a traceback
+    except (ValueError, OSError) as e:  # a missing or bad model, data folder or length: one line, not a traceback
         sys.exit(f"error: {e}")

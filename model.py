@@ -213,24 +213,64 @@ class Block(nn.Module):
         return x + self.feed_forward(self.ffn_norm(x))
 
 
-def chunked_cross_entropy(h, weight, targets, reduction="mean", chunk=1024):
-    """Cross-entropy of logits h @ weight.T without ever holding all (B, T, V) of them.
+class _LinearCrossEntropy(torch.autograd.Function):
+    """The summed cross-entropy of logits h @ weight.T, h (N, dim) and targets (N,), one chunk of rows at a time.
 
-    Each chunk of chunk tokens is projected, scored and dropped; under autograd the chunk is recomputed in the
-    backward pass, so peak memory is one chunk's logits. Targets of -1 are ignored."""
+    d loss / d logits = softmax(logits) - onehot(target) is known as soon as a chunk's logits are, so the forward
+    pass turns them into that chunk's share of dh and dweight at once and drops them: peak memory is one chunk of
+    logits, and the (N, V) projection runs once, where recomputing it in the backward pass (checkpointing) would
+    run it twice -- on a small model most of the FLOPs. The backward pass only scales the two gradients."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, chunk):
+        need_h, need_w = ctx.needs_input_grad[:2]
+        total = torch.zeros((), device=h.device)
+        dh, dw = torch.empty_like(h) if need_h else None, None
+        for i in range(0, h.size(0), chunk):
+            hc, tc = h[i:i + chunk], targets[i:i + chunk]
+            logits = (hc @ weight.t()).float()                            # (n, V)
+            scored, t = (tc != -1).unsqueeze(1), tc.clamp(min=0).unsqueeze(1)  # (n, 1): -1 marks an ignored target
+            top, target_logit = logits.amax(-1, keepdim=True), logits.gather(1, t)
+            p = logits.sub_(top).exp_()                                    # in place: softmax times its sum
+            sum_p = p.sum(-1, keepdim=True)
+            total += ((sum_p.log() + top - target_logit) * scored).sum()  # logsumexp - the target's logit
+            p.mul_(scored / sum_p).scatter_add_(1, t, -scored.float())    # softmax - onehot; 0 where ignored
+            p = p.to(weight.dtype)
+            if need_h:
+                dh[i:i + chunk] = p @ weight
+            if need_w:  # summed in the weight's dtype, whatever autocast computes the product in
+                dw_chunk = (p.t() @ hc).to(weight.dtype)
+                dw = dw_chunk if dw is None else dw.add_(dw_chunk)
+        ctx.save_for_backward(dh, dw)
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        dh, dw = ctx.saved_tensors
+        return None if dh is None else dh * g, None if dw is None else dw * g, None, None
+
+
+def chunked_cross_entropy(h, weight, targets, reduction="mean", chunk=1024):
+    """Cross-entropy of logits h @ weight.T without ever holding all (B, T, V) of them. Targets of -1 are ignored.
+
+    A sum or mean under autograd is _LinearCrossEntropy's. Per-token losses (reduction "none") under autograd
+    recompute each chunk in the backward pass instead: their weight gradient cannot be summed ahead of time."""
     h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
-    def nll(hc, tc):
-        return F.cross_entropy((hc @ weight.t()).float(), tc, ignore_index=-1, reduction="none")
-    parts = []
-    for i in range(0, h.size(0), chunk):
-        hc, tc = h[i:i + chunk], targets[i:i + chunk]
-        parts.append(checkpoint(nll, hc, tc, use_reentrant=False) if torch.is_grad_enabled() else nll(hc, tc))
-    losses = torch.cat(parts)
-    if reduction == "none":
-        return losses
-    if reduction == "sum":
-        return losses.sum()
-    return losses.sum() / (targets != -1).sum().clamp(min=1)
+    if reduction != "none" and torch.is_grad_enabled():
+        total = _LinearCrossEntropy.apply(h, weight, targets, chunk)
+    else:
+        def nll(hc, tc):
+            return F.cross_entropy((hc @ weight.t()).float(), tc, ignore_index=-1, reduction="none")
+        parts = []
+        for i in range(0, h.size(0), chunk):
+            hc, tc = h[i:i + chunk], targets[i:i + chunk]
+            parts.append(checkpoint(nll, hc, tc, use_reentrant=False) if torch.is_grad_enabled() else nll(hc, tc))
+        losses = torch.cat(parts)
+        if reduction == "none":
+            return losses
+        total = losses.sum()
+    return total if reduction == "sum" else total / (targets != -1).sum().clamp(min=1)
 
 
 class LLaMA(nn.Module):
@@ -343,9 +383,17 @@ def _load_file(path):
         if str(path).endswith(".safetensors"):
             from safetensors.torch import load_file
             return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # mmap needs torch's zip format; older pickles are read whole, as safely
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path}: refused or unreadable as a weights-only checkpoint ({type(e).__name__}: {e})") from e
+        # one line of why: torch's refusal runs to many, of which the one naming what is unsupported is the reason
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [""]
+        why = next((line for line in lines if "unsupported" in line.lower()), lines[0]).split(". ")[0]
+        raise ValueError(f"{path}: refused or unreadable as a weights-only checkpoint ({type(e).__name__}: {why})") from e
 
 
 def config_from_hf(c):
@@ -385,7 +433,12 @@ def config_to_hf(cfg):
 
 
 def _read_hf(path):
-    cfg = config_from_hf(json.loads((path / "config.json").read_text()))
+    try:
+        cfg = config_from_hf(json.loads((path / "config.json").read_text()))
+    except KeyError as e:  # name the file: the message alone does not say which model it is
+        raise ValueError(f"{path / 'config.json'}: no {e} entry") from e
+    except ValueError as e:
+        raise ValueError(f"{path / 'config.json'}: {e}") from e
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (path / index).exists():
             files = sorted(set(json.loads((path / index).read_text())["weight_map"].values()))
@@ -465,6 +518,8 @@ def from_pretrained(path, max_seq_len=2048, dtype=torch.float32):
             raise ValueError(f"{path}: {k!r} has shape {tuple(sd[k].shape)} in the checkpoint, "
                              f"{tuple(shape)} in the model built from its config")
     model.load_state_dict(sd, assign=True)
+    if cfg.tie_embeddings:  # assign=True gave each name its own Parameter: tie them again, or training unties them
+        model.output.weight = model.tok_embeddings.weight
     model.rope = RoPE(cfg)  # the buffer was created on the meta device
     return model.to(dtype)
 
@@ -480,11 +535,12 @@ def _merge_shards(key, shards, shape):
                      f"into {tuple(shape)}")
 
 
-def save_pretrained(model, path, state_dict=None):
+def save_pretrained(model, path, state_dict=None, dtype=None):
     """Write a Hugging Face directory (config.json + model.safetensors) that transformers loads unchanged.
 
-    `state_dict` (default: the model's) lets a caller save weights it gathered or merged itself. Each file is
-    written to a temporary name and renamed, so a crash never leaves a half-written file."""
+    `state_dict` (default: the model's) lets a caller save weights it gathered or merged itself; `dtype` casts
+    them (e.g. bfloat16 to ship). Each file is written to a temporary name and renamed, so a crash never leaves a
+    half-written file."""
     from safetensors.torch import save_file
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -493,10 +549,14 @@ def save_pretrained(model, path, state_dict=None):
     for k, v in (model.state_dict() if state_dict is None else state_dict).items():
         if k == "output.weight" and model.cfg.tie_embeddings:
             continue  # tied: HF rebuilds lm_head from the embedding
-        sd[_map_key(k, ours_to_hf)] = v.detach().to("cpu").contiguous()
+        sd[_map_key(k, ours_to_hf)] = v.detach().to("cpu", dtype or v.dtype).contiguous()
+    config = config_to_hf(model.cfg) | {"torch_dtype": str(next(iter(sd.values())).dtype).removeprefix("torch.")}
     for name, write in (("model.safetensors", lambda f: save_file(sd, f, metadata={"format": "pt"})),
-                        ("config.json", lambda f: Path(f).write_text(json.dumps(config_to_hf(model.cfg), indent=2)))):
+                        ("config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2)))):
         fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
         os.close(fd)
         write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)  # on disk before the rename: a power cut leaves the old file or the new one
+        os.fsync(fd)
+        os.close(fd)
         os.replace(tmp, path / name)

@@ -159,12 +159,9 @@ def describe(ch, Lt, b=0, width=64):
 
 
 if __name__ == "__main__":
-    import os
     import time
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from plots import plot_coverage
 
     t0, rng = time.time(), np.random.default_rng(0)
     one = np.ones((1, 2), np.int64)
@@ -177,23 +174,15 @@ if __name__ == "__main__":
         print(describe(sample_chunks(DOC_CAP * Lc, Lc, Lt, method, N, rng=rng), Lt))
 
     # RandPos first so that plain, drawn over it, stays visible where both are 1
-    curves = {"RandPos": ("randpos", 2), "plain (N = 1, PI only)": ("plain", 1),
-              "PoSE N = 2": ("pose", 2), "PoSE N = 3": ("pose", 3)}
+    methods = {"RandPos": ("randpos", 2), "plain (N = 1, PI only)": ("plain", 1),
+               "PoSE N = 2": ("pose", 2), "PoSE N = 3": ("pose", 3)}
     at = {"Lc/2": Lc // 2, "Lc": Lc, "Lt/2": Lt // 2, "Lt-1": Lt - 1}
     print(f"\nrelative-position coverage, {n_samples} samples, each curve from seed 0\n{'':24}"
           + "".join(f"{k:>9}" for k in at))
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    for label, (method, N) in curves.items():
-        rel, _ = coverage(method, Lc, Lt, N, n_samples, rng=np.random.default_rng(0))
-        print(f"{label:<24}" + "".join(f"{rel[d]:>9.4f}" for d in at.values()))
-        ax.plot(np.arange(Lt), rel, label=label, lw=1.6)
-    ax.axvline(Lc, color="gray", ls="--", lw=1)
-    ax.text(Lc, 1.08, f" Lc = {Lc}", color="gray", va="top")
-    ax.set(xlim=(0, Lt), ylim=(-0.02, 1.1), xlabel="relative distance d (tokens)",
-           ylabel="P(d occurs in one training example)",
-           title=f"Relative-position coverage, {Lc // 1024}k window → {Lt // 1024}k target ({n_samples:,} samples)")
-    ax.legend(loc="center right")
-    fig.tight_layout()
-    os.makedirs("plots", exist_ok=True)
-    fig.savefig("plots/coverage.png")
+    curves = {}
+    for label, (method, N) in methods.items():
+        curves[label] = coverage(method, Lc, Lt, N, n_samples, rng=np.random.default_rng(0))[0]
+        print(f"{label:<24}" + "".join(f"{curves[label][d]:>9.4f}" for d in at.values()))
+    plot_coverage(curves, Lc, "plots/coverage.png", f"Relative-position coverage, {Lc // 1024}k window → "
+                  f"{Lt // 1024}k target ({n_samples:,} samples)")
     print(f"wrote plots/coverage.png in {time.time() - t0:.1f} s")

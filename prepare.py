@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from tokenizer import load_tokenizer
+from tokenizer import load_tokenizer, start_id
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = {split: os.path.join(HERE, "data", "web", f"{split}.jsonl.gz") for split in ("train", "eval")}
@@ -62,7 +62,7 @@ def write_split(docs, tok, out, split, min_len=0, spec="", source=""):
     """Encode `docs`, drop those shorter than `min_len` tokens, write OUT/SPLIT.{bin,offsets.npy,json}; the meta."""
     if not docs:
         raise ValueError(f"{split}: no documents in {source}")
-    first = tok.bos_id if tok.bos_id is not None else tok.eos_id
+    first = start_id(tok)
     if first is None:
         raise ValueError(f"{tok.name}: no BOS or EOS token to start documents with")
     dtype = token_dtype(tok.n_vocab)
@@ -78,14 +78,17 @@ def write_split(docs, tok, out, split, min_len=0, spec="", source=""):
     offsets = np.cumsum([0] + [len(ids) for ids in kept], dtype=np.int64)
     os.makedirs(out, exist_ok=True)
     prefix = os.path.join(out, split)
-    tokens = np.memmap(prefix + ".bin", dtype=dtype, mode="w+", shape=(int(offsets[-1]),))
+    tokens = np.memmap(prefix + ".bin.tmp", dtype=dtype, mode="w+", shape=(int(offsets[-1]),))
     tokens[:] = np.fromiter((t for ids in kept for t in ids), dtype=dtype, count=len(tokens))
     tokens.flush()
-    np.save(prefix + ".offsets.npy", offsets)
+    with open(prefix + ".offsets.npy.tmp", "wb") as f:
+        np.save(f, offsets)
     meta = dict(tokenizer=spec or tok.name, n_vocab=tok.n_vocab, dtype=np.dtype(dtype).name, n_docs=len(kept),
                 n_tokens=int(offsets[-1]), min_len=min_len, n_dropped=len(dropped), source=source)
-    with open(prefix + ".json", "w") as f:
+    with open(prefix + ".json.tmp", "w") as f:
         json.dump(meta, f, indent=1)
+    for suffix in (".bin", ".offsets.npy", ".json"):  # written aside, then renamed: no half-written split is left
+        os.replace(prefix + suffix + ".tmp", prefix + suffix)
     text_bytes = sum(len(text.encode()) for _, text in docs)
     print(f"{split}: {len(kept)} documents, {offsets[-1]:,} tokens ({text_bytes / sum(map(len, encoded)):.2f} "
           f"bytes/token) -> {prefix}.bin in {time.time() - t0:.1f} s")
@@ -97,6 +100,8 @@ class TokenDataset:
 
     def __init__(self, folder, split="train"):
         prefix = os.path.join(folder, split)
+        if not os.path.exists(prefix + ".json"):
+            raise FileNotFoundError(f"{prefix}.json: no such prepared split (prepare.py makes them)")
         with open(prefix + ".json") as f:
             self.meta = json.load(f)
         self.tokens = np.memmap(prefix + ".bin", dtype=self.meta["dtype"], mode="r")

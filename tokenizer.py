@@ -114,6 +114,11 @@ def llama3(path):
     return TiktokenTokenizer("llama3", ranks, LLAMA3_PATTERN, specials, "<|begin_of_text|>", "<|end_of_text|>")
 
 
+def start_id(tok):
+    """The token every document starts with: BOS, or EOS where the tokenizer has no BOS (GPT-2, web-bpe4k)."""
+    return tok.bos_id if tok.bos_id is not None else tok.eos_id
+
+
 def load_tokenizer(spec="web-bpe4k"):
     """A tokenizer from a name or a path (see the top of this file); a clear error for anything else."""
     spec = os.fspath(spec)

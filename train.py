@@ -27,7 +27,9 @@ import torch.nn as nn
 
 import model as M
 import pose
+from passkey import passkey_example
 from prepare import TokenDataset
+from tokenizer import load_tokenizer
 
 
 @dataclass
@@ -43,12 +45,14 @@ class TrainConfig:
     n_kv_heads: int = 4
     vocab_size: int = 4096
     rope_theta: float = 10000.0
+    tie_embeddings: bool = False
     # the method: pose | full | randpos | plain; Lc the training window, Lt the target context
     method: str = "plain"
     Lc: int = 128
     Lt: int = 128
     num_chunks: int = 2
     text: str = "skip"          # pose text skips: skip | contiguous | aligned
+    passkey_share: float = 0.0  # plain pretraining only: this share of rows ends in a synthetic passkey prompt
     # RoPE scaling set at extension time: keep (as loaded) | none | linear | ntk | dynamic | yarn | yarn_pose | llama3
     rope_type: str = "keep"
     rope_factor: float = 0.0    # 0: Lt / Lc
@@ -70,6 +74,7 @@ class TrainConfig:
     lora_targets: str = "wq,wk,wv,wo"
     lora_train_embeddings: bool = False
     lora_train_norms: bool = False
+    base_dtype: str = "float32" # the frozen base weights' dtype under LoRA: bfloat16 halves a 7B model's memory
     # system
     device: str = "auto"        # auto | cpu | cuda | cuda:N
     dtype: str = "float32"      # float32 | bfloat16 | float16 (autocast; the weights stay float32)
@@ -133,6 +138,10 @@ def check_config(cfg):
         sys.exit(f"error: num_chunks={cfg.num_chunks} must be between 1 and Lc={cfg.Lc}")
     if cfg.text not in pose.TEXTS:
         sys.exit(f"error: unknown text option {cfg.text!r}; expected one of {', '.join(pose.TEXTS)}")
+    if cfg.base_dtype != "float32" and not (cfg.lora_rank and cfg.dtype == cfg.base_dtype):
+        sys.exit(f"error: base_dtype={cfg.base_dtype} needs LoRA (lora_rank > 0) and dtype={cfg.base_dtype} autocast")
+    if cfg.passkey_share and cfg.method != "plain":
+        sys.exit("error: passkey_share is for pretraining (method=plain); PoSE fine-tunes on plain text, as the paper")
     if cfg.rope_type not in ("keep", "none") + M.ROPE_TYPES:
         sys.exit(f"error: unknown rope_type {cfg.rope_type!r}")
 
@@ -142,11 +151,12 @@ def window_len(cfg):
     return cfg.Lt if cfg.method == "full" else cfg.Lc
 
 
-def get_batch(data, cfg, rng, rows):
+def get_batch(data, cfg, rng, rows, tok=None):
     """`rows` training windows: (x, pos, y), each (rows, T - 1) int64, x/pos the input and y the next tokens.
 
     Each window comes from a random stretch of a random document (weighted by length) of up to 5·Lc tokens
-    (Lt for full), the document length the official code trains on; pose.sample then cuts the window from it."""
+    (Lt for full), the document length the official code trains on; pose.sample then cuts the window from it.
+    With passkey_share, that share of rows ends in a synthetic passkey prompt and its answer (tokenizer `tok`)."""
     need = cfg.Lt if cfg.method == "full" or cfg.text == "aligned" else cfg.Lc
     docs = data.docs_at_least(need)
     if len(docs) == 0:
@@ -159,6 +169,9 @@ def get_batch(data, cfg, rng, rows):
         start = rng.integers(0, max(len(doc) - span, 0) + 1)
         tokens, pos = pose.sample(doc[start:start + span], cfg.Lc, cfg.Lt, cfg.method, cfg.num_chunks,
                                   cfg.text, rng=rng)
+        if cfg.passkey_share and rng.random() < cfg.passkey_share:
+            example = passkey_example(tok, len(tokens), rng)
+            tokens[len(tokens) - len(example):] = example  # text, then BOS + prompt + answer
         xs.append(tokens)
         ps.append(pos)
     tokens, pos = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ps))
@@ -236,8 +249,9 @@ def load_model(init_from, cfg):
     if init_from == "scratch":
         return M.LLaMA(M.ModelConfig(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
                                      n_kv_heads=cfg.n_kv_heads, vocab_size=cfg.vocab_size,
-                                     rope_theta=cfg.rope_theta, max_seq_len=cfg.Lc))
-    return M.from_pretrained(init_from, max_seq_len=cfg.Lc)
+                                     rope_theta=cfg.rope_theta, max_seq_len=cfg.Lc,
+                                     tie_embeddings=cfg.tie_embeddings))
+    return M.from_pretrained(init_from, max_seq_len=cfg.Lc, dtype=getattr(torch, cfg.base_dtype))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -283,10 +297,12 @@ def save_checkpoint(model, optimizer, scaler, step, rng, cfg, base_from):
     shutil.rmtree(tmp, ignore_errors=True)
     M.save_pretrained(raw_model(model), tmp, merge_lora(model_sd, cfg.lora_alpha / max(cfg.lora_rank, 1)))
     trained = {k for k, p in raw_model(model).named_parameters() if p.requires_grad}
-    torch.save({"trained": {k: v for k, v in model_sd.items() if k in trained} if cfg.lora_rank else {},
-                "optimizer": optim_sd, "scaler": scaler.state_dict(), "step": step, "base_from": base_from,
-                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "config": asdict(cfg)},
-               os.path.join(tmp, "train_state.pt"))
+    with open(os.path.join(tmp, "train_state.pt"), "wb") as f:
+        torch.save({"trained": {k: v for k, v in model_sd.items() if k in trained} if cfg.lora_rank else {},
+                    "optimizer": optim_sd, "scaler": scaler.state_dict(), "step": step, "base_from": base_from,
+                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "config": asdict(cfg)}, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the directory is renamed into place (as save_pretrained's files)
     shutil.rmtree(os.path.join(cfg.out_dir, name), ignore_errors=True)
     os.replace(tmp, os.path.join(cfg.out_dir, name))
     _write_atomic(os.path.join(cfg.out_dir, "latest"), name)
@@ -341,11 +357,13 @@ def train(cfg):
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)  # the same on every rank: each takes its own rows of one global batch
     train_data, eval_data = TokenDataset(cfg.data_dir, "train"), TokenDataset(cfg.data_dir, "eval")
+    tok = load_tokenizer(train_data.meta["tokenizer"]) if cfg.passkey_share else None
+    get_batch(train_data, cfg, np.random.default_rng(), 1, tok)  # a corpus no window fits fails now, not mid-run
 
     resume = latest_checkpoint(cfg.out_dir) if cfg.init_from == "resume" else None
     if cfg.init_from == "resume" and resume is None:
         sys.exit(f"error: init_from=resume but {cfg.out_dir} has no checkpoint")
-    state = torch.load(os.path.join(resume, "train_state.pt"), weights_only=True) if resume else None
+    state = M._load_file(os.path.join(resume, "train_state.pt")) if resume else None
     base_from = state["base_from"] if state else cfg.init_from
     if state and not cfg.lora_rank:  # fully trained: the checkpoint is the model, already extended
         model = M.from_pretrained(resume)
@@ -389,7 +407,7 @@ def train(cfg):
     fwd = torch.compile(model) if cfg.compile else model
     ctx = nullcontext() if cfg.dtype == "float32" else torch.autocast(device.split(":")[0], dtype=getattr(torch, cfg.dtype))
     os.makedirs(cfg.out_dir, exist_ok=True)
-    log = open(os.path.join(cfg.out_dir, "log.jsonl"), "a") if master else None
+    log = open(os.path.join(cfg.out_dir, "log.jsonl"), "a" if resume else "w") if master else None
     eval_lengths = sorted({cfg.Lc, cfg.Lt})
 
     def run_eval():
@@ -407,7 +425,7 @@ def train(cfg):
         loss_sum = torch.zeros((), device=device)
         for micro in range(cfg.grad_accum):
             x, pos, y = (t[rank * cfg.batch_size:(rank + 1) * cfg.batch_size].to(device)
-                         for t in get_batch(train_data, cfg, rng, cfg.batch_size * world))
+                         for t in get_batch(train_data, cfg, rng, cfg.batch_size * world, tok))
             sync = micro == cfg.grad_accum - 1 or not ddp or cfg.fsdp
             with ctx, (nullcontext() if sync else model.no_sync()):
                 loss = fwd(x, pos, y) / cfg.grad_accum
@@ -415,11 +433,14 @@ def train(cfg):
             loss_sum += loss.detach()
         if ddp:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        if not torch.isfinite(loss_sum):
-            raise FloatingPointError(f"loss is {loss_sum.item()} at step {step}; the last good checkpoint is "
-                                     f"{latest_checkpoint(cfg.out_dir)}")
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip else torch.zeros(())
+        # stop before the update: a NaN step would poison the weights and every checkpoint after (fp16's scaler
+        # skips steps with inf gradients itself). Steps count from 1, as in the log and the checkpoint names.
+        if not torch.isfinite(loss_sum) or not (scaler.is_enabled() or math.isfinite(grad_norm.item())):
+            raise FloatingPointError(f"loss {loss_sum.item():.4g}, gradient norm {grad_norm.item():.4g} at step "
+                                     f"{step + 1}; stopped, the last good checkpoint is "
+                                     f"{latest_checkpoint(cfg.out_dir)}")
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -451,4 +472,7 @@ def train(cfg):
 
 
 if __name__ == "__main__":
-    train(parse_config(TrainConfig, sys.argv[1:]))
+    try:  # a wrong path, a bad checkpoint or corpus, a diverged loss: one line, not a traceback
+        train(parse_config(TrainConfig, sys.argv[1:]))
+    except (ValueError, OSError, FloatingPointError) as e:
+        sys.exit(f"error: {e}")

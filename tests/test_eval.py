@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import eval as E
 import model as M
+import passkey as P
 import plots
 import pose
 from tokenizer import load_tokenizer
@@ -104,13 +105,13 @@ def test_windows_past_max_seq_len_warn_but_run():
 
 @pytest.mark.parametrize("length", [128, 300, 1000, 3000])
 def test_passkey_prompt_length_and_depth(tok, length):
-    rep = len(E.FILLER.split(" "))
+    rep = len(P.FILLER.split(" "))
     for depth in (0, 0.1, 0.25, 0.5, 0.9, 1):
-        ids, answer = E.passkey_prompt(tok, length, depth, 31415)
+        ids, answer = P.passkey_prompt(tok, length, depth, 31415)
         assert length - 4 <= len(ids) + len(answer) <= length
         assert ids[0] == tok.eos_id and tok.decode(answer) == " 31415"
         intro, before, key_line, after, question = tok.decode(ids[1:]).split("\n")
-        assert (intro, key_line, question) == (E.INTRO, E.KEY_LINE.format(key=31415), E.QUESTION)
+        assert (intro, key_line, question) == (P.INTRO, P.KEY_LINE.format(key=31415), P.QUESTION)
         n_before, n_after = len(before.split()), len(after.split())
         assert abs(n_before - depth * (n_before + n_after)) <= rep / 2, "the key sits at the requested depth"
         assert n_before % rep == 0 or n_after == 0, "the key line goes between repetitions"
@@ -152,7 +153,7 @@ def test_generation_and_teacher_forcing_agree_on_a_copier(tok):
 
 def test_evaluate_models_writes_tables_and_plots(tmp_path, tok):
     text = tmp_path / "book.txt"
-    text.write_text(" ".join([E.FILLER, E.INTRO] * 20))
+    text.write_text(" ".join([P.FILLER, P.INTRO] * 20))
     M.save_pretrained(tiny(), tmp_path / "run" / "final")
     cfg = parse_config(E.EvalConfig, [f"--models={tmp_path / 'run' / 'final'},b={tmp_path / 'run' / 'final'}",
                                       "--lengths=64,128", f"--data={text}", "--passkey_lengths=128",

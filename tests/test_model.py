@@ -67,6 +67,7 @@ def test_matches_transformers(kind, tie, kv_heads, tmp_path):
     hf.save_pretrained(tmp_path)
     ours = M.from_pretrained(tmp_path).eval()
     assert ours.cfg.tie_embeddings == tie and ours.cfg.n_kv_heads == kv_heads
+    assert (ours.output.weight is ours.tok_embeddings.weight) == tie  # one parameter, one gradient
     idx = tokens()
     for pos in (torch.arange(idx.size(1)), SKIPPED):
         with torch.no_grad():
