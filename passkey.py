@@ -45,5 +45,7 @@ def passkey_example(tok, length, rng):
     depth and of a random size between the bare template and `length`, then the answer."""
     key = int(rng.integers(10_000, 100_000))
     bare = sum(map(len, build(tok, 0, 0.0, key)))
+    if bare > length:
+        raise ValueError(f"a {length}-token window is too short for the passkey template ({bare} tokens)")
     ids, answer = passkey_prompt(tok, int(rng.integers(bare, length + 1)), float(rng.random()), key)
     return ids + answer

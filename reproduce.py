@@ -58,6 +58,7 @@ def run(cmd):
 
 def make_base(cfg):
     """Pretrain with configs/tiny_pretrain.toml and ship the result in bfloat16 (8 MB), as LLaMA is shipped."""
+    shutil.rmtree("out/tiny_base", ignore_errors=True)
     run([sys.executable, "train.py", "configs/tiny_pretrain.toml"])
     M.save_pretrained(M.from_pretrained("out/tiny_base/final"), cfg.base, dtype=torch.bfloat16)
 

@@ -363,6 +363,8 @@ def train(cfg):
     resume = latest_checkpoint(cfg.out_dir) if cfg.init_from == "resume" else None
     if cfg.init_from == "resume" and resume is None:
         sys.exit(f"error: init_from=resume but {cfg.out_dir} has no checkpoint")
+    if cfg.init_from != "resume" and latest_checkpoint(cfg.out_dir):
+        sys.exit(f"error: {cfg.out_dir} already holds a run; --init_from=resume continues it, or choose another out_dir")
     state = M._load_file(os.path.join(resume, "train_state.pt")) if resume else None
     base_from = state["base_from"] if state else cfg.init_from
     if state and not cfg.lora_rank:  # fully trained: the checkpoint is the model, already extended

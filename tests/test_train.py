@@ -185,3 +185,18 @@ def test_configs_parse():
     for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
         cfg = T.parse_config(T.TrainConfig, [os.path.join(ROOT, "configs", name)])
         T.check_config(cfg)
+
+
+def test_a_fresh_run_never_overwrites_an_old_one(data_dir, tmp_path):
+    T.train(tiny_cfg(data_dir, tmp_path, max_steps=2, ckpt_interval=1))
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(SystemExit, match="already holds a run"):
+        T.train(tiny_cfg(data_dir, tmp_path, max_steps=2))
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_passkey_share_needs_room_for_the_template(data_dir):
+    cfg = tiny_cfg(data_dir, "x", passkey_share=1.0)  # Lc = 32 < the 96-token template
+    with pytest.raises(ValueError, match="too short for the passkey template"):
+        T.get_batch(prepare.TokenDataset(data_dir, "train"), cfg, np.random.default_rng(0), 2,
+                    load_tokenizer("web-bpe4k"))
