@@ -241,14 +241,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if need_w:  # summed in the weight's dtype, whatever autocast computes the product in
                 dw_chunk = (p.t() @ hc).to(weight.dtype)
                 dw = dw_chunk if dw is None else dw.add_(dw_chunk)
-        ctx.save_for_backward(dh, dw)
+        ctx.grads = dh, dw  # neither an input nor an output, so kept on ctx, and scaled in place below
         return total
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        dh, dw = ctx.saved_tensors
-        return None if dh is None else dh * g, None if dw is None else dw * g, None, None
+        if ctx.grads is None:
+            raise RuntimeError("chunked_cross_entropy's gradients are precomputed for one backward pass, not two")
+        (dh, dw), ctx.grads = ctx.grads, None
+        return None if dh is None else dh.mul_(g), None if dw is None else dw.mul_(g), None, None
 
 
 def chunked_cross_entropy(h, weight, targets, reduction="mean", chunk=1024):
@@ -555,6 +557,9 @@ def save_pretrained(model, path, state_dict=None, dtype=None):
                         ("config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2)))):
         fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
         os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from everyone else
         write(tmp)
         fd = os.open(tmp, os.O_RDONLY)  # on disk before the rename: a power cut leaves the old file or the new one
         os.fsync(fd)

@@ -42,10 +42,11 @@ def passkey_prompt(tok, length, depth, key):
 
 def passkey_example(tok, length, rng):
     """A synthetic training row of at most `length` tokens: BOS, a prompt with a random 5-digit key at a random
-    depth and of a random size between the bare template and `length`, then the answer."""
+    depth and of a random size between the bare template and `length`, then the answer and a full stop."""
     key = int(rng.integers(10_000, 100_000))
     bare = sum(map(len, build(tok, 0, 0.0, key)))
-    if bare > length:
+    if bare + 1 > length:
         raise ValueError(f"a {length}-token window is too short for the passkey template ({bare} tokens)")
-    ids, answer = passkey_prompt(tok, int(rng.integers(bare, length + 1)), float(rng.random()), key)
-    return ids + answer
+    end = tok.encode(".")  # the answer is closed, so that the model learns where a key stops
+    ids, answer = passkey_prompt(tok, int(rng.integers(bare, length - len(end) + 1)), float(rng.random()), key)
+    return ids + answer + end
