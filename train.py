@@ -419,7 +419,7 @@ def train(cfg):
             log.write(json.dumps({"step": step, "eval": losses}) + "\n")
             log.flush()
 
-    t0, t_start, start_step, T = time.time(), time.time(), step, window_len(cfg) - 1
+    t0, t_start, start_step, logged, T = time.time(), time.time(), step, step, window_len(cfg) - 1
     while step < cfg.max_steps:
         lr = get_lr(step, cfg)
         for g in optimizer.param_groups:
@@ -449,7 +449,7 @@ def train(cfg):
         step += 1
         if step % cfg.log_interval == 0 or step == cfg.max_steps:
             dt = time.time() - t0
-            tok_s = cfg.log_interval * cfg.grad_accum * cfg.batch_size * world * T / dt
+            tok_s = (step - logged) * cfg.grad_accum * cfg.batch_size * world * T / dt
             eta = (time.time() - t_start) / (step - start_step) * (cfg.max_steps - step)
             mem = (torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda")
                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
@@ -459,7 +459,7 @@ def train(cfg):
                 log.write(json.dumps({"step": step, "loss": loss_sum.item(), "lr": lr, "tok_s": tok_s, "mem_gib": mem})
                           + "\n")
                 log.flush()
-            t0 = time.time()
+            t0, logged = time.time(), step
         if cfg.eval_interval and step % cfg.eval_interval == 0:
             run_eval()
         if (cfg.ckpt_interval and step % cfg.ckpt_interval == 0) or step == cfg.max_steps:
