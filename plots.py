@@ -46,7 +46,7 @@ def plot_perplexity(ppl, path, marks=None, title="Perplexity vs evaluation lengt
         ax.set_yscale("log")
     _log2_lengths(ax, lengths)
     ax.set(xlabel="evaluation window (tokens)", ylabel="perplexity" + " (log scale)" * log, title=title)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     _save(fig, path)
 
 
@@ -74,7 +74,7 @@ def read_log(path):
 
 def plot_training(logs, path, title="Training loss"):
     """logs {run: [log.jsonl records]}: training loss per step (lines) and eval loss per length (dots)."""
-    fig = Figure(figsize=SIZE)
+    fig = Figure(figsize=(9, 4.6))  # room for a legend of three entries per run beside the axes
     ax = fig.subplots()
     for k, (name, records) in enumerate(logs.items()):
         color = f"C{k}"
@@ -85,7 +85,7 @@ def plot_training(logs, path, title="Training loss"):
             pts = [(r["step"], r["eval"][L]) for r in evals if L in r["eval"]]
             ax.plot(*zip(*pts), "os^dv"[j % 5] + ":", color=color, ms=5, label=f"{name} eval @{L}")
     ax.set(xlabel="step", ylabel="loss (nats / token)", title=title)
-    ax.legend(fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7)
     _save(fig, path)
 
 

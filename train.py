@@ -259,7 +259,7 @@ def latest_checkpoint(out_dir):
     try:
         with open(os.path.join(out_dir, "latest")) as f:
             return os.path.join(out_dir, f.read().strip())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 
