@@ -1,12 +1,13 @@
 """bench.py: model.py against transformers, and PoSE against Full-length, in memory and time; every figure a ratio.
 
-    python bench.py                          # every part this machine can run: a, b, c (+ d on a GPU), ~10 min
+    python bench.py                          # every part this machine can run: a, b, c (+ d on a GPU), ~5 min
     python bench.py --parts=b,c --reps=3     # a subset
-    python bench.py --a_lengths=256,1024     # (a) without the slow T = 4096
+    python bench.py --a_lengths=256,1024,4096 --threads=1  # (a) at 4096 tokens too (+4 min on a CPU), 1 thread
     python bench.py -h                       # every option
 
 Each ratio compares two things measured side by side in one run, interleaved, several repetitions, median
-reported: absolute timings on a shared machine mean little, ratios taken in the same minutes do.
+reported: absolute timings on a shared machine mean little, ratios taken in the same minutes do. On a CPU that
+other programs share, --threads=1 keeps them steady: with two threads every operator waits for the slower core.
 (a) forward + backward tokens/s of model.py against transformers' LlamaForCausalLM (sdpa attention) with identical
     weights (saved by model.save_pretrained, loaded by from_pretrained) and config, both computing the full LM loss
     (ours: targets; HF: labels); float32 on a CPU, bf16 autocast on a GPU. The ratio is the median over
@@ -60,7 +61,7 @@ class BenchConfig:
     a_heads: int = 8
     a_kv_heads: int = 4
     a_vocab: int = 32000
-    a_lengths: str = "256,1024,4096"
+    a_lengths: str = ""            # "": 256,1024 on a CPU (4096 adds four minutes there), 256,1024,4096 on a GPU
     a_batch: int = 1
     # (b), (c): the tiny model of configs/tiny_*.toml (train.py's defaults: dim 256, 4 layers, 8/4 heads, 4k vocab)
     data_dir: str = "data/tok/web-bpe4k"
@@ -149,7 +150,7 @@ GiB = 2**30
 # ----------------------------------------------------------------------------- (a) model.py vs transformers
 def bench_vs_transformers(bc, device):
     import transformers
-    lengths = ints(bc.a_lengths)
+    lengths = ints(bc.a_lengths or ("256,1024,4096" if device.startswith("cuda") else "256,1024"))
     torch.manual_seed(0)
     cfg = M.ModelConfig(dim=bc.a_dim, n_layers=bc.a_layers, n_heads=bc.a_heads, n_kv_heads=bc.a_kv_heads,
                         vocab_size=bc.a_vocab, max_seq_len=max(lengths))

@@ -279,3 +279,14 @@ def test_bad_inputs(tmp_path):
         pickle.dump({"model.norm.weight": Evil()}, f)
     with pytest.raises(ValueError, match="refused or unreadable as a weights-only checkpoint"):
         M.from_pretrained(tmp_path / "evil")
+
+
+def test_chunked_loss_weight_gradient():
+    h, W = torch.randn(2, 40, 64, requires_grad=True), torch.randn(V, 64, requires_grad=True)
+    targets = tokens()
+    targets[0, :5] = -1
+    for chunk in (7, 1024):
+        ref = F.cross_entropy((h @ W.t()).flatten(0, 1), targets.flatten(), ignore_index=-1)
+        got = M.chunked_cross_entropy(h, W, targets, chunk=chunk)
+        for a, b in zip(torch.autograd.grad(3 * ref, (h, W)), torch.autograd.grad(3 * got, (h, W))):
+            assert torch.allclose(a, b, atol=1e-6)
