@@ -39,7 +39,9 @@ def plot_perplexity(ppl, path, marks=None, title="Perplexity vs evaluation lengt
         ax.plot([int(L) for L in xs], [curve[L] for L in xs], "o-", label=name)
     for x, label in (marks or {}).items():
         ax.axvline(int(x), color="gray", ls="--", lw=1)
-        ax.text(int(x), 0.98, f" {label} = {x}", color="gray", va="top", transform=ax.get_xaxis_transform())
+        right = int(x) == max(lengths)  # the last mark's label goes left of its line, inside the axes
+        ax.text(int(x), 0.98, f"{label} = {x} " if right else f" {label} = {x}", color="gray", va="top",
+                ha="right" if right else "left", transform=ax.get_xaxis_transform())
     values = [v for curve in ppl.values() for v in curve.values()]
     log = max(values) > 10 * min(values)  # a model past its window goes to 10^3 and beyond
     if log:
@@ -128,9 +130,12 @@ class PlotConfig:
 
 
 def context_marks(models):
-    """{length: "Lc" or "Lt"} from ppl.json's models ({name: {"Lc", "Lt", ...}}); Lc wins where a length is both."""
-    marks = {r["Lt"]: "Lt" for r in models.values()}
-    return marks | {r["Lc"]: "Lc" for r in models.values()}
+    """{length: "Lc" or "Lt"} from ppl.json's models ({name: {"Lc", "Lt", ...}}), read from the extended ones
+    (Lc < Lt); a model that was not extended (Lc = Lt: a base, or fixed NTK exported as plain RoPE) only adds
+    its window as "Lc" where no extended model marks that length."""
+    extended = [r for r in models.values() if r["Lc"] < r["Lt"]]
+    marks = {r["Lt"]: "Lt" for r in extended} | {r["Lc"]: "Lc" for r in extended}
+    return {r["Lc"]: "Lc" for r in models.values() if r["Lc"] == r["Lt"]} | marks
 
 
 def _load(path):

@@ -186,3 +186,10 @@ def test_plots_render_with_agg(tmp_path):
     for name, draw in calls.items():
         draw(tmp_path / name)
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / name).stat().st_size > 10_000
+
+
+def test_context_marks_label_the_extension_not_an_exported_window():
+    # a base (128 = 128), a PoSE run (128 -> 1024) and fixed NTK exported as plain RoPE with a 1024 window
+    models = {"base": {"Lc": 128, "Lt": 128}, "pose": {"Lc": 128, "Lt": 1024}, "ntk": {"Lc": 1024, "Lt": 1024}}
+    assert plots.context_marks(models) == {128: "Lc", 1024: "Lt"}
+    assert plots.context_marks({"base": {"Lc": 128, "Lt": 128}}) == {128: "Lc"}
