@@ -12,6 +12,8 @@ other programs share, --threads=1 keeps them steady: with two threads every oper
     weights (saved by model.save_pretrained, loaded by from_pretrained) and config, both computing the full LM loss
     (ours: targets; HF: labels); float32 on a CPU, bf16 autocast on a GPU. The ratio is the median over
     repetitions of HF's time / ours, each pair run back to back (pairing cancels slow drifts in machine load).
+    Beside it, each model's FLOP/s as a share of the best large square matmul measured in the same minutes: how
+    much of what the machine's BLAS can do each model turns into model FLOPs, and so how much room a ratio has.
 (b) one training step -- train.py's get_batch, forward, backward, gradient clipping, AdamW -- of PoSE and of
     Full-length at Lt = 1, 2, 4, 8, 16 x Lc on the tiny model (configs/tiny_pose.toml's shape, linear RoPE scaling).
     Memory: every point runs two steps in a fresh process, so its peak is its own: CPU: peak RSS (VmHWM), GPU:
@@ -148,6 +150,21 @@ GiB = 2**30
 
 
 # ----------------------------------------------------------------------------- (a) model.py vs transformers
+def train_flops(cfg, params, tokens, T):
+    """Model FLOPs of one forward + backward: 6 per parameter per token (the input embedding, a lookup, excluded)
+    plus causal attention's 6·L·d·T per token (QKᵀ and PV, half the square; backward twice forward)."""
+    return (6 * (params - cfg.vocab_size * cfg.dim) + 6 * cfg.n_layers * cfg.n_heads * cfg.head_dim * T) * tokens
+
+
+def matmul_peak(device, n=2048, reps=5):
+    """FLOP/s of the best of `reps` n x n matmuls in the dtype (a)'s models compute in: what this machine's BLAS can
+    do at best, the ceiling under both models' training speed."""
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    return 2 * n**3 / min(timed(lambda: a @ b, device)[0] for _ in range(reps))
+
+
 def bench_vs_transformers(bc, device):
     import transformers
     lengths = ints(bc.a_lengths or ("256,1024,4096" if device.startswith("cuda") else "256,1024"))
@@ -185,14 +202,18 @@ def bench_vs_transformers(bc, device):
                 wall[name].append(w)
                 cpu[name].append(c)
         paired = [h / o for h, o in zip(wall["hf"], wall["ours"])]
+        peak, flops = matmul_peak(device), train_flops(cfg, params, bc.a_batch * T, T)
         row = {"T": T, "batch": bc.a_batch, "ours_tok_s": bc.a_batch * T / statistics.median(wall["ours"]),
                "hf_tok_s": bc.a_batch * T / statistics.median(wall["hf"]), "ratio": statistics.median(paired),
+               "matmul_gflops": peak / 1e9, "ours_of_peak": flops / statistics.median(wall["ours"]) / peak,
+               "hf_of_peak": flops / statistics.median(wall["hf"]) / peak,
                "ratio_min": min(paired), "ratio_max": max(paired), "ratio_cpu": paired_median(cpu["hf"], cpu["ours"]),
                "loss_ours": l_ours, "loss_hf": l_hf, "wall": wall, "cpu": cpu}
         rows.append(row)
         print(f"  T={T:5d}: model.py {row['ours_tok_s']:8.0f} tok/s, transformers {row['hf_tok_s']:8.0f} tok/s, "
               f"ratio {row['ratio']:.3f} (reps {row['ratio_min']:.2f}-{row['ratio_max']:.2f}; CPU time "
-              f"{row['ratio_cpu']:.3f}); loss {l_ours:.5f} vs {l_hf:.5f}", flush=True)
+              f"{row['ratio_cpu']:.3f}); loss {l_ours:.5f} vs {l_hf:.5f}; of the {peak / 1e9:.0f} GFLOP/s matmul "
+              f"peak: model.py {row['ours_of_peak']:.0%}, transformers {row['hf_of_peak']:.0%}", flush=True)
         assert abs(l_ours - l_hf) < 1e-3 * abs(l_hf) + (2e-2 if device != "cpu" else 0), \
             f"the two models disagree ({l_ours} vs {l_hf}): not the same weights"
     return {"config": asdict(cfg) | {"parameters": params}, "rows": rows}
@@ -398,11 +419,19 @@ def markdown(res, bc, command):
                   f"ffn {c['hidden_dim']}, vocab {c['vocab_size']} ({c['parameters'] / 1e6:.1f}M parameters), "
                   f"identical weights; median of {bc.reps} interleaved repetitions after {bc.warmup} warm-up.", "",
                   "| T | batch | model.py tok/s | transformers tok/s | ratio (paired median) | range over reps "
-                  "| ratio of CPU time |", "|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| ratio of CPU time | model.py / transformers, share of matmul peak | 1.2× would need |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in res["a"]["rows"]:
             lines.append(f"| {r['T']} | {r['batch']} | {r['ours_tok_s']:.0f} | {r['hf_tok_s']:.0f} | "
-                         f"{r['ratio']:.3f} | {r['ratio_min']:.2f}–{r['ratio_max']:.2f} | {r['ratio_cpu']:.3f} |")
-        lines.append("")
+                         f"{r['ratio']:.3f} | {r['ratio_min']:.2f}–{r['ratio_max']:.2f} | {r['ratio_cpu']:.3f} | "
+                         f"{r['ours_of_peak']:.0%} / {r['hf_of_peak']:.0%} | {1.2 * r['hf_of_peak']:.0%} |")
+        peaks = ", ".join(f"{r['matmul_gflops']:.0f}" for r in res["a"]["rows"])
+        lines += ["", "*Share of matmul peak*: model FLOPs (6 per non-embedding parameter per token, plus causal "
+                  "attention's 6·L·d·T) per second, over the best n = 2048 square matmul this machine ran in the same "
+                  f"minutes ({peaks} GFLOP/s). "
+                  "Both models run the same matmuls and attention kernels, so a ratio of 1.2 needs model.py at 1.2× "
+                  "transformers' share of that peak (last column), every norm, softmax and elementwise operation "
+                  "included, or else less arithmetic.", ""]
     if "b" in res:
         lines += [f"## (b) one training step, PoSE vs Full-length (tiny model, Lc = {bc.Lc}, batch {bc.b_batch})", "",
                   "Memory: a fresh process per point, two steps; *peak* is the process's peak, *step* that peak less "
