@@ -2,7 +2,7 @@
 by Full-length, RandPos and PoSE variants with equal steps and batch, then perplexity and passkey at Lc .. 8·Lc.
 
     python reproduce.py                 # the whole comparison, about 25 minutes on 2 cores
-    python reproduce.py --quick=true    # the same story with fewer steps, tokens and trials, about 10 minutes
+    python reproduce.py --quick=true    # the same comparison with fewer steps, tokens and trials, about 5 minutes
     python reproduce.py --pretrain=true # first remake the shipped base (models/tiny_base) from scratch, +30 min
 
 Each fine-tuning run is `python train.py configs/tiny_pose.toml --key=value ...` in its own process (so its peak
