@@ -151,9 +151,10 @@ GiB = 2**30
 
 # ----------------------------------------------------------------------------- (a) model.py vs transformers
 def train_flops(cfg, params, tokens, T):
-    """Model FLOPs of one forward + backward: 6 per parameter per token (the input embedding, a lookup, excluded)
-    plus causal attention's 6·L·d·T per token (QKᵀ and PV, half the square; backward twice forward)."""
-    return (6 * (params - cfg.vocab_size * cfg.dim) + 6 * cfg.n_layers * cfg.n_heads * cfg.head_dim * T) * tokens
+    """Model FLOPs of one forward + backward: 6 per parameter per token (an untied input embedding, a lookup,
+    excluded) plus causal attention's 6·L·d·T per token (QKᵀ and PV, half the square; backward twice forward)."""
+    matmul_params = params - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.dim)
+    return (6 * matmul_params + 6 * cfg.n_layers * cfg.n_heads * cfg.head_dim * T) * tokens
 
 
 def matmul_peak(device, n=2048, reps=5):
