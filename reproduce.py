@@ -106,8 +106,22 @@ def checks(ppl, keys, costs):
         ("PoSE trains with less memory than Full-length", costs["pose"]["mem_gib"] < costs["full"]["mem_gib"],
          f"peak RSS {costs['pose']['mem_gib']:.2f} vs {costs['full']['mem_gib']:.2f} GiB"),
     ]
-    return "| claim (paper) | here | measured |\n|---|---|---|\n" + "".join(
-        f"| {claim} | {'PASS' if ok else 'FAIL'} | {numbers} |\n" for claim, ok, numbers in rows)
+    return E.markdown(["claim (paper)", "here", "measured"],
+                      [[claim, "PASS" if ok else "FAIL", numbers] for claim, ok, numbers in rows])
+
+
+def table(ppl, keys, costs, lengths):
+    """One row per model: perplexity per length, mean passkey accuracy per length, and its run's training costs."""
+    header = (["model"] + [f"ppl @{L}" for L in lengths]
+              + ["passkey @" + "/".join(map(str, lengths)) + " (mean over depths)", "train tok/s", "peak RSS GiB"])
+    rows = []
+    for name in ppl:
+        cells = [f"{v['ppl']:.2f}" if v["ppl"] < 1e4 else f"{v['ppl']:.1e}" for v in ppl[name]["ppl"].values()]
+        cells.append(" / ".join(f"{np.mean(list(a.values())):.0%}" for a in keys[name].values()))
+        cost = costs.get(name)
+        cells += [f"{cost['tok_s']:,.0f}", f"{cost['mem_gib']:.2f}"] if cost else ["–", "–"]
+        rows.append([name] + cells)
+    return E.markdown(header, rows)
 
 
 def main(cfg):
@@ -126,33 +140,25 @@ def main(cfg):
         run([sys.executable, "train.py", "configs/tiny_pose.toml", *(f"--{k}={v}" for k, v in args.items())])
     models = {"base": cfg.base, "pi": os.path.join(cfg.runs_dir, "pi", "final")} | {
         name: os.path.join(cfg.runs_dir, name, "final") for name in RUNS}
-    lengths = ",".join(str(Lc * k) for k in (1, 2, 4, 8))
-    ecfg = E.EvalConfig(models=",".join(f"{n}={p}" for n, p in models.items()), lengths=lengths,
+    lengths = [Lc * k for k in (1, 2, 4, 8)]
+    ecfg = E.EvalConfig(models=",".join(f"{n}={p}" for n, p in models.items()), lengths=",".join(map(str, lengths)),
                         max_tokens=cfg.eval_tokens, passkey_trials=cfg.passkey_trials, out=cfg.out,
                         plots=cfg.plots)
     ppl, keys = E.evaluate_models(ecfg)
     costs = step_costs(cfg.runs_dir)
-    table = ["| model | " + " | ".join(f"ppl @{L}" for L in lengths.split(",")) + " | passkey @"
-             + "/".join(lengths.split(",")) + " (mean over depths) | train tok/s | peak RSS GiB |",
-             "|---|" + "---|" * (len(lengths.split(",")) + 3)]
-    for name in models:
-        cells = [f"{v['ppl']:.2f}" if v["ppl"] < 1e4 else f"{v['ppl']:.1e}" for v in ppl[name]["ppl"].values()]
-        cells.append(" / ".join(f"{np.mean(list(a.values())):.0%}" for a in keys[name].values()))
-        cost = costs.get(name)
-        cells += [f"{cost['tok_s']:,.0f}", f"{cost['mem_gib']:.2f}"] if cost else ["–", "–"]
-        table.append("| " + " | ".join([name] + cells) + " |")
+    results, claims = table(ppl, keys, costs, lengths), checks(ppl, keys, costs)
     note = (f"{cfg.steps} steps × {cfg.batch_size} rows for every run, Lc = {Lc} → Lt = {Lt}; perplexity on the first "
             f"{cfg.eval_tokens} tokens of each held-out book; passkey {cfg.passkey_trials} trials per (length, depth).")
     with open(os.path.join(cfg.out, "table.md"), "w") as f:
-        f.write(note + "\n\n" + "\n".join(table) + "\n")
+        f.write(note + "\n\n" + results)
     with open(os.path.join(cfg.out, "checks.md"), "w") as f:
-        f.write(checks(ppl, keys, costs))
+        f.write(claims)
     with open(os.path.join(cfg.out, "costs.json"), "w") as f:
         json.dump(costs, f, indent=1)
     plots.plot_training({name: plots.read_log(os.path.join(cfg.runs_dir, name, "log.jsonl")) for name in RUNS},
                         os.path.join(cfg.plots, "training.png"))
-    print("\n".join(table))
-    print(open(os.path.join(cfg.out, "checks.md")).read())
+    print(results)
+    print(claims)
     print(f"reproduce.py: {(time.time() - t0) / 60:.1f} min")
 
 
