@@ -221,12 +221,18 @@ def bench_vs_transformers(bc, device):
 
 
 # ----------------------------------------------------------------------------- (b) one training step, PoSE vs Full
-def training_setup(bc, method, Lt, device):
-    """train.py's pieces for a run of `method` extending the tiny model from Lc to Lt: config, data, model, AdamW."""
-    from prepare import TokenDataset
+def training_config(bc, method, Lt, device):
+    """train.py's config for a run of `method` extending the tiny model from Lc to Lt."""
     tc = TrainConfig(data_dir=bc.data_dir, method=method, Lc=bc.Lc, Lt=Lt, batch_size=bc.b_batch,
                      rope_type="linear", device=device)
     check_config(tc)
+    return tc
+
+
+def training_setup(bc, method, Lt, device):
+    """train.py's pieces for a run of `method` extending the tiny model from Lc to Lt: config, data, model, AdamW."""
+    from prepare import TokenDataset
+    tc = training_config(bc, method, Lt, device)
     torch.manual_seed(0)
     model = load_model("scratch", tc)
     model.cfg = extend_context(model.cfg, tc)
@@ -263,7 +269,7 @@ def train_step_memory(bc_dict, method, Lt):
 def train_step_times(bc, Lt, device):
     """Wall and CPU seconds of each timed step of PoSE and of Full-length at Lt, the two interleaved in this process
     (one model serves both: only the windows differ)."""
-    tcs = {m: training_setup(bc, m, Lt, device)[0] for m in ("pose", "full")}
+    tcs = {m: training_config(bc, m, Lt, device) for m in ("pose", "full")}
     _, data, model, optimizer = training_setup(bc, "pose", Lt, device)
     rng, wall, cpu = np.random.default_rng(0), {"pose": [], "full": []}, {"pose": [], "full": []}
     for r in range(bc.warmup + bc.reps):
