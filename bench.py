@@ -46,8 +46,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import checkpoint as C
 import model as M
-from train import TrainConfig, check_config, extend_context, get_batch, load_model, parse_config
+from config import parse_config
+from train import TrainConfig, check_config, extend_context, get_batch, load_model
 
 
 @dataclass
@@ -174,7 +176,7 @@ def bench_vs_transformers(bc, device):
                         vocab_size=bc.a_vocab, max_seq_len=max(lengths))
     ours = M.LLaMA(cfg)
     with tempfile.TemporaryDirectory() as d:
-        M.save_pretrained(ours, d)
+        C.save_pretrained(ours, d)
         hf = transformers.LlamaForCausalLM.from_pretrained(d, attn_implementation="sdpa", dtype=torch.float32)
     ours, hf = ours.to(device).train(), hf.to(device).train()
     params = sum(p.numel() for p in ours.parameters())

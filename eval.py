@@ -26,12 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import model as M
-import plots
+import checkpoint as C
+from config import parse_config
 from passkey import passkey_prompt
 from prepare import TokenDataset, read_documents
 from tokenizer import load_tokenizer, start_id
-from train import parse_config
 
 
 @dataclass
@@ -43,7 +42,7 @@ class EvalConfig:
     data: str = "data/tok/web-bpe4k"    # a prepare.py folder (its `split` is read), or comma-separated text/jsonl files
     split: str = "eval"
     key: str = "text"                   # the JSON field holding the text in jsonl files
-    tokenizer: str = ""                 # for text files and passkey prompts; "": the prepared folder's, else web-bpe4k
+    tokenizer: str = ""                 # "": the first model folder's own, else the prepared data's, else web-bpe4k
     max_tokens: int = 0                 # score only each document's first max(max_tokens, length) tokens; 0: all
     batch_tokens: int = 4096            # windows per forward pass = batch_tokens // length (at least 1)
     passkey_lengths: str = ""           # "": the perplexity lengths
@@ -51,7 +50,7 @@ class EvalConfig:
     passkey_trials: int = 10            # per (length, depth); 0 skips passkey
     passkey_mode: str = "generate"      # generate (greedy, KV cache) | teacher (one forward pass per trial)
     seed: int = 0
-    max_seq_len: int = 2048             # Meta checkpoints only: params.json does not record their context
+    max_seq_len: int = 0                # Meta checkpoints only, which do not record it: their pretraining length
     out: str = "results"
     plots: str = "plots"
     device: str = "auto"
@@ -160,15 +159,41 @@ def model_specs(models):
     return specs
 
 
-def load_docs(cfg):
-    """(documents, tokenizer, description) from a prepare.py folder or from text/jsonl files."""
-    if os.path.exists(os.path.join(cfg.data, cfg.split + ".json")):
-        data = TokenDataset(cfg.data, cfg.split)
-        tok = load_tokenizer(cfg.tokenizer or data.meta["tokenizer"])
+def own_tokenizer(path):
+    """The tokenizer a model folder carries (train.py writes it beside the weights), or None."""
+    try:
+        return load_tokenizer(path)
+    except (OSError, ValueError):
+        return None
+
+
+def load_docs(cfg, first_model):
+    """(documents, tokenizer, description) from a prepare.py folder or from text/jsonl files. The tokenizer is
+    --tokenizer, else the first model's own, else the one the prepared folder was made with, else web-bpe4k."""
+    prepared = os.path.exists(os.path.join(cfg.data, cfg.split + ".json"))
+    data = TokenDataset(cfg.data, cfg.split) if prepared else None
+    tok = (load_tokenizer(cfg.tokenizer) if cfg.tokenizer else own_tokenizer(first_model)
+           or load_tokenizer(data.meta["tokenizer"] if data else "web-bpe4k"))
+    if data:
+        if tok.n_vocab != data.meta["n_vocab"]:
+            raise ValueError(f"{cfg.data} was tokenized by {data.meta['tokenizer']} ({data.meta['n_vocab']} tokens), "
+                             f"not by {tok.name} ({tok.n_vocab}): prepare it again with the model's tokenizer")
         return [data.doc(i) for i in range(len(data))], tok, f"{cfg.data} ({cfg.split})"
-    tok = load_tokenizer(cfg.tokenizer or "web-bpe4k")
     docs = [np.array([start_id(tok)] + tok.encode(text)) for _, text in read_documents(cfg.data.split(","), cfg.key)]
     return docs, tok, cfg.data
+
+
+def check_vocabulary(mcfg, path, tok):
+    """A tokenizer fits a model if its ids are the model's rows: none beyond them, and no more unused rows than
+    padding to a multiple of 1024 leaves (GPT-2's 50257 -> 50304). Anything else is another model's tokenizer."""
+    V, n = mcfg.vocab_size, tok.n_vocab
+    if n > V or V > -(-n // 1024) * 1024:
+        raise ValueError(f"{path} has {V} token embeddings, the tokenizer {tok.name} {n} tokens: they are not one "
+                         "model's (pass the model's own with --tokenizer)")
+    own = own_tokenizer(path)
+    probe = "In the beginning, 12345 words. "
+    if own is not None and own.encode(probe) != tok.encode(probe):
+        raise ValueError(f"{path} carries its own tokenizer ({own.name}), which is not {tok.name}")
 
 
 def markdown(header, rows):
@@ -181,18 +206,23 @@ def evaluate_models(cfg, progress=True):
     lengths = [int(x) for x in cfg.lengths.split(",")]
     pk_lengths = [int(x) for x in (cfg.passkey_lengths or cfg.lengths).split(",")]
     depths = [float(x) for x in cfg.passkey_depths.split(",")]
-    docs, tok, source = load_docs(cfg)
+    specs = model_specs(cfg.models)
+    docs, tok, source = load_docs(cfg, specs[0][1])
     # what would fail after hours of perplexity fails now: a passkey length too short for the template, an output
     # folder that cannot be made
     for L in pk_lengths if cfg.passkey_trials else []:
         passkey_prompt(tok, L, 0.0, 10_000)
+    for _, path in specs:  # a model that is missing, or not the tokenizer's (Meta folders are checked once loaded)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{path}: no such model folder")
+        if os.path.exists(os.path.join(path, "config.json")):
+            check_vocabulary(C.read_hf_config(path), path, tok)
     os.makedirs(cfg.out, exist_ok=True)
     os.makedirs(cfg.plots, exist_ok=True)
     ppl, keys = {}, {}
-    for name, path in model_specs(cfg.models):
-        model = M.from_pretrained(path, cfg.max_seq_len, getattr(torch, cfg.dtype)).to(device).eval()
-        if model.cfg.vocab_size < tok.n_vocab:
-            raise ValueError(f"{path} has {model.cfg.vocab_size} token embeddings, the tokenizer {tok.n_vocab} tokens")
+    for name, path in specs:
+        model = C.from_pretrained(path, cfg.max_seq_len or None, getattr(torch, cfg.dtype)).to(device).eval()
+        check_vocabulary(model.cfg, path, tok)
         Lc, Lt = model.cfg.original_len, model.cfg.max_seq_len
         print(f"{name}: {path}, Lc = {Lc}, Lt = {Lt}, rope scaling {model.cfg.rope_scaling}")
         res = {}
@@ -213,6 +243,7 @@ def evaluate_models(cfg, progress=True):
 
 
 def write_results(cfg, source, ppl, keys):
+    import plots  # here, not at the top: train.py imports this file for perplexity() and needs no matplotlib
     def write(name, text):
         with open(os.path.join(cfg.out, name), "w") as f:
             f.write(text)
@@ -243,5 +274,5 @@ if __name__ == "__main__":
     print(json.dumps(asdict(cfg)))
     try:
         evaluate_models(cfg)
-    except (ValueError, OSError) as e:  # a missing or bad model, data folder or length: one line, not a traceback
+    except (ValueError, OSError, ImportError) as e:  # a missing or bad model, data or length: one line, no traceback
         sys.exit(f"error: {e}")

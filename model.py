@@ -1,24 +1,19 @@
 """A single-file LLaMA (RMSNorm, SwiGLU, GQA, RoPE with every common scaling) that takes explicit positions.
 
-Read it bottom-up: config -> RoPE -> RMSNorm -> attention -> MLP -> block -> model -> weights in and out.
-The one thing PoSE needs from a model is `forward(idx, pos)`: every row of a batch carries its own,
-possibly skipped, integer positions, and cos/sin are gathered per row. Layout and names follow Hugging Face's
-rotate-half convention (dim i is paired with dim i + head_dim/2), so HF checkpoints load as they are and Meta
-checkpoints get their q/k rows permuted once, on load.
+Read it top to bottom: config -> RoPE and its scalings -> RMSNorm -> attention -> MLP -> block -> the loss -> the
+model. The one thing PoSE needs from a model is `forward(idx, pos)`: every row of a batch carries its own, possibly
+skipped, integer positions, and cos/sin are computed per row. RoPE uses Hugging Face's rotate-half layout (dim i is
+paired with dim i + head_dim/2); reading and writing checkpoints (HF and Meta) is checkpoint.py's job.
 """
-import json
 import math
-import os
-import tempfile
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "yarn_pose", "llama3", "longrope")
+ROPE_TYPES = ("linear", "ntk", "dynamic", "yarn", "yarn_pose", "llama3", "longrope")  # None: plain RoPE
 
 
 def llama_ffn_dim(dim, multiple_of=256, ffn_dim_multiplier=None):
@@ -27,25 +22,6 @@ def llama_ffn_dim(dim, multiple_of=256, ffn_dim_multiplier=None):
     if ffn_dim_multiplier is not None:
         hidden = int(ffn_dim_multiplier * hidden)
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
-
-
-def normalize_rope_scaling(rs):
-    """An HF-style scaling dict ('type' or 'rope_type') -> a dict with 'rope_type', or None for plain RoPE."""
-    if not rs:
-        return None
-    rs = {k: v for k, v in rs.items() if k not in ("type", "rope_theta")} | {"rope_type": rs.get("rope_type", rs.get("type"))}
-    if rs["rope_type"] not in ROPE_TYPES:
-        raise ValueError(f"unknown rope type {rs['rope_type']!r}; expected one of {', '.join(ROPE_TYPES)}")
-    if rs["rope_type"] == "default":
-        return None
-    if rs["rope_type"] == "ntk":
-        rs.setdefault("alpha", rs.get("factor"))
-    key = "alpha" if rs["rope_type"] == "ntk" else "factor"
-    if rs["rope_type"] == "longrope":  # per-dim divisors; factor only sets the default attention factor
-        rs.setdefault("factor", 1.0)
-    if not isinstance(rs.get(key), (int, float)) or rs[key] < 1:
-        raise ValueError(f"rope type {rs['rope_type']!r} needs {key!r} >= 1, got {rs.get(key)!r}")
-    return rs
 
 
 @dataclass
@@ -59,7 +35,7 @@ class ModelConfig:
     hidden_dim: int | None = None      # SwiGLU width; None: Meta's rule
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    rope_scaling: dict | None = None   # e.g. {"rope_type": "linear", "factor": 8.0}
+    rope_scaling: dict | None = None   # e.g. {"rope_type": "linear", "factor": 8.0}; HF configs: checkpoint.py
     max_seq_len: int = 2048            # the context the model is meant for (the target length once extended)
     tie_embeddings: bool = False
 
@@ -67,14 +43,16 @@ class ModelConfig:
         self.n_kv_heads = self.n_kv_heads or self.n_heads
         self.head_dim = self.head_dim or self.dim // self.n_heads
         self.hidden_dim = self.hidden_dim or llama_ffn_dim(self.dim)
-        self.rope_scaling = normalize_rope_scaling(self.rope_scaling)
+        if self.rope_scaling and self.rope_scaling.get("rope_type") not in ROPE_TYPES:
+            raise ValueError(f"unknown rope type {self.rope_scaling.get('rope_type')!r}; expected one of "
+                             f"{', '.join(ROPE_TYPES)}")
         assert self.n_heads % self.n_kv_heads == 0, f"n_heads {self.n_heads} not a multiple of n_kv_heads {self.n_kv_heads}"
         assert self.head_dim % 2 == 0, f"head_dim must be even for RoPE, got {self.head_dim}"
 
     @property
     def original_len(self):
-        """L0, the length the RoPE was pretrained at: HF's original_max_position_embeddings where the scaling type
-        records it, max_seq_len / factor for linear (which does not), else max_seq_len."""
+        """L0, the length the RoPE was pretrained at: the scaling's original_max_position_embeddings where it keeps
+        one, max_seq_len / factor for linear (which does not), else max_seq_len."""
         rs = self.rope_scaling or {}
         if "original_max_position_embeddings" in rs:
             return rs["original_max_position_embeddings"]
@@ -101,21 +79,28 @@ def rope_inv_freq(cfg, seq_len=None):
         # dims that turn fewer than beta_slow times over L0 are interpolated, more than beta_fast kept, a ramp between
         def corr_dim(rot):
             return d * math.log(L0 / (rot * 2 * math.pi)) / (2 * math.log(base))
-        low = max(math.floor(corr_dim(rs.get("beta_fast") or 32)), 0)
-        high = min(math.ceil(corr_dim(rs.get("beta_slow") or 1)), d - 1)
+        low, high = corr_dim(rs.get("beta_fast") or 32), corr_dim(rs.get("beta_slow") or 1)
+        if rs.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, d - 1)
         ramp = ((torch.arange(d // 2, dtype=torch.float64) - low) / max(high - low, 1e-3)).clamp(0, 1)
         keep = 1 - ramp       # 1: keep the original frequency (extrapolate), 0: divide by s (interpolate)
         if kind == "yarn":    # transformers' blend of the two frequencies
             inv_freq = inv_freq / s * (1 - keep) + inv_freq * keep
         else:                 # the official PoSE code's "revised" blend of the divisors instead
             inv_freq = inv_freq / ((1 - keep) * s + keep)
-        return inv_freq, rs.get("attention_factor") or (0.1 * math.log(s) + 1.0 if s > 1 else 1.0)
+
+        def mscale(m=1.0):
+            return 0.1 * m * math.log(s) + 1.0 if s > 1 else 1.0
+        att = mscale(rs["mscale"]) / mscale(rs["mscale_all_dim"]) if rs.get("mscale") and rs.get("mscale_all_dim") \
+            else mscale()
+        return inv_freq, rs.get("attention_factor") or att
     if kind == "longrope":
         divisors = rs["long_factor"] if (seq_len or 0) > L0 else rs["short_factor"]
         att = rs.get("attention_factor") or (math.sqrt(1 + math.log(s) / math.log(L0)) if s > 1 else 1.0)
         return inv_freq / torch.tensor(divisors, dtype=torch.float64), att
     if kind == "llama3":
-        lo, hi = rs.get("low_freq_factor", 1.0), rs.get("high_freq_factor", 4.0)
+        lo, hi = rs["low_freq_factor"], rs["high_freq_factor"]
         wavelen = 2 * math.pi / inv_freq
         smooth = ((L0 / wavelen - lo) / (hi - lo)).clamp(0, 1)  # 0 for long wavelengths (÷s), 1 for short (kept)
         return inv_freq / s * (1 - smooth) + inv_freq * smooth, 1.0
@@ -343,225 +328,3 @@ class LLaMA(nn.Module):
             out, next_pos = torch.cat((out, tok), dim=1), next_pos + 1
             logits = self(tok, next_pos, cache=cache)[:, -1]
         return out
-
-
-# ----------------------------------------------------------------------------- weights in and out
-# Hugging Face names -> ours ("{}" is the layer number, None: dropped). Ours are Meta's, so Meta needs no map.
-HF_KEYS = {
-    "model.embed_tokens.weight": "tok_embeddings.weight",
-    "model.layers.{}.self_attn.q_proj.weight": "layers.{}.attention.wq.weight",
-    "model.layers.{}.self_attn.k_proj.weight": "layers.{}.attention.wk.weight",
-    "model.layers.{}.self_attn.v_proj.weight": "layers.{}.attention.wv.weight",
-    "model.layers.{}.self_attn.o_proj.weight": "layers.{}.attention.wo.weight",
-    "model.layers.{}.self_attn.rotary_emb.inv_freq": None,
-    "model.layers.{}.mlp.gate_proj.weight": "layers.{}.feed_forward.w1.weight",
-    "model.layers.{}.mlp.up_proj.weight": "layers.{}.feed_forward.w3.weight",
-    "model.layers.{}.mlp.down_proj.weight": "layers.{}.feed_forward.w2.weight",
-    "model.layers.{}.input_layernorm.weight": "layers.{}.attention_norm.weight",
-    "model.layers.{}.post_attention_layernorm.weight": "layers.{}.ffn_norm.weight",
-    "model.norm.weight": "norm.weight",
-    "lm_head.weight": "output.weight",
-}
-
-
-def _map_key(key, table):
-    """Look a checkpoint key up in a table of '{}'-templated names; KeyError if it is not there."""
-    parts = key.split(".")
-    layer = next((p for p in parts if p.isdigit()), None)
-    template = ".".join("{}" if p == layer else p for p in parts)
-    target = table[template]
-    return None if target is None else target.replace("{}", layer or "")
-
-
-def _permute_meta_qk(w, n_heads):
-    """Meta pairs dims (2i, 2i+1) in each head, HF pairs (i, i + hd/2): reorder each head's rows once."""
-    out, inp = w.shape
-    return w.view(n_heads, out // n_heads // 2, 2, inp).transpose(1, 2).reshape(out, inp)
-
-
-def _load_file(path):
-    """Tensors from safetensors, or from a torch pickle with weights_only, which refuses any code or object."""
-    try:
-        if str(path).endswith(".safetensors"):
-            from safetensors.torch import load_file
-            return load_file(str(path))
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:  # mmap needs torch's zip format; older pickles are read whole, as safely
-            if "mmap" not in str(e):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        # one line of why: torch's refusal runs to many, of which the one naming what is unsupported is the reason
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [""]
-        why = next((line for line in lines if "unsupported" in line.lower()), lines[0]).split(". ")[0]
-        raise ValueError(f"{path}: refused or unreadable as a weights-only checkpoint ({type(e).__name__}: {why})") from e
-
-
-def config_from_hf(c):
-    rs = c.get("rope_scaling") or c.get("rope_parameters")  # the older key wins, as in transformers
-    theta = c.get("rope_theta") or (rs or {}).get("rope_theta", 10000.0)
-    rs = normalize_rope_scaling(rs)
-    if rs and rs["rope_type"] == "dynamic":  # HF's dynamic measures growth from max_position_embeddings
-        rs.setdefault("original_max_position_embeddings", c["max_position_embeddings"])
-    if c.get("attention_bias") or c.get("mlp_bias"):
-        raise ValueError("attention_bias / mlp_bias are not LLaMA and not supported")
-    return ModelConfig(dim=c["hidden_size"], n_layers=c["num_hidden_layers"], n_heads=c["num_attention_heads"],
-                       n_kv_heads=c.get("num_key_value_heads"), head_dim=c.get("head_dim"),
-                       vocab_size=c["vocab_size"], hidden_dim=c["intermediate_size"],
-                       norm_eps=c.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling=rs,
-                       max_seq_len=c.get("max_position_embeddings", 2048),
-                       tie_embeddings=c.get("tie_word_embeddings", False))
-
-
-def config_to_hf(cfg):
-    rs, theta, max_len = dict(cfg.rope_scaling or {}), cfg.rope_theta, cfg.max_seq_len
-    if rs.get("rope_type") == "ntk":     # fixed NTK is plain RoPE with a larger base
-        theta, rs = cfg.rope_theta * rs["alpha"] ** (cfg.head_dim / (cfg.head_dim - 2)), {}
-    elif rs.get("rope_type") == "dynamic":  # HF reads L0 from max_position_embeddings for dynamic
-        max_len = rs.pop("original_max_position_embeddings", max_len)
-    elif rs.get("rope_type") == "yarn_pose":  # transformers has no such type, but longrope with fixed divisors is it
-        inv, att = rope_inv_freq(cfg)
-        divisors = (1.0 / (inv * cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))).tolist()
-        rs = {"rope_type": "longrope", "short_factor": divisors, "long_factor": divisors, "factor": rs["factor"],
-              "attention_factor": att, "original_max_position_embeddings": cfg.original_len}
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-            "hidden_size": cfg.dim, "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
-            "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size,
-            "intermediate_size": cfg.hidden_dim, "rms_norm_eps": cfg.norm_eps, "rope_theta": theta,
-            "rope_scaling": rs or None, "max_position_embeddings": max_len,
-            "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False, "mlp_bias": False,
-            "torch_dtype": "float32"}
-
-
-def _read_hf(path):
-    try:
-        cfg = config_from_hf(json.loads((path / "config.json").read_text()))
-    except KeyError as e:  # name the file: the message alone does not say which model it is
-        raise ValueError(f"{path / 'config.json'}: no {e} entry") from e
-    except ValueError as e:
-        raise ValueError(f"{path / 'config.json'}: {e}") from e
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if (path / index).exists():
-            files = sorted(set(json.loads((path / index).read_text())["weight_map"].values()))
-            break
-    else:
-        files = [f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).exists()][:1]
-    if not files:
-        raise FileNotFoundError(f"{path}: no model.safetensors, pytorch_model.bin or shard index found")
-    sd = {}
-    for f in files:
-        for k, v in _load_file(path / f).items():
-            try:
-                k = _map_key(k, HF_KEYS)
-            except KeyError:
-                raise ValueError(f"{path / f}: unexpected key {k!r}") from None
-            if k is not None:
-                sd[k] = v
-    return cfg, sd
-
-
-def _read_meta(path, max_seq_len):
-    p = json.loads((path / "params.json").read_text())
-    shards = sorted(path.glob("consolidated.*.pth"))
-    if not shards:
-        raise FileNotFoundError(f"{path}: params.json but no consolidated.*.pth shards")
-    parts = [_load_file(s) for s in shards]
-    rs = None
-    if p.get("use_scaled_rope"):  # Llama 3.1+: the llama3 frequency rule lives in Meta's code, not in params
-        rs = {"rope_type": "llama3", "factor": p.get("rope_scaling_factor", 8.0), "low_freq_factor": 1.0,
-              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-    emb = parts[0]["tok_embeddings.weight"]
-    n_vocab = p.get("vocab_size", -1)
-    if n_vocab <= 0:  # LLaMA 1 leaves it to the tokenizer; the embedding is split on vocab iff its width is full
-        n_vocab = emb.shape[0] * (len(parts) if emb.shape[1] == p["dim"] else 1)
-    cfg = ModelConfig(dim=p["dim"], n_layers=p["n_layers"], n_heads=p["n_heads"], n_kv_heads=p.get("n_kv_heads"),
-                      vocab_size=n_vocab, norm_eps=p.get("norm_eps", 1e-5), rope_theta=p.get("rope_theta", 10000.0),
-                      rope_scaling=rs, max_seq_len=max_seq_len,
-                      hidden_dim=llama_ffn_dim(p["dim"], p.get("multiple_of", 256), p.get("ffn_dim_multiplier")))
-    return cfg, parts
-
-
-def from_pretrained(path, max_seq_len=2048, dtype=torch.float32):
-    """A LLaMA from a Hugging Face directory (config.json) or a Meta one (params.json + consolidated.NN.pth).
-
-    `max_seq_len` is used for Meta checkpoints only, whose params.json does not record the training length.
-    `dtype` is the parameters' dtype (bf16 halves a 7B model's memory when only LoRA adapters are trained)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such checkpoint directory")
-    if (path / "config.json").exists():
-        cfg, sd = _read_hf(path)
-        meta = False
-    elif (path / "params.json").exists():
-        cfg, parts = _read_meta(path, max_seq_len)
-        meta = True
-    else:
-        raise FileNotFoundError(f"{path}: neither config.json (Hugging Face) nor params.json (Meta) found")
-    with torch.device("meta"):
-        model = LLaMA(cfg)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    if meta:
-        sd = {}
-        for k in parts[0]:
-            if k == "rope.freqs":
-                continue
-            if k not in expected:
-                raise ValueError(f"{path}: unexpected key {k!r}")
-            sd[k] = _merge_shards(k, [x[k] for x in parts], expected[k])
-            if k.endswith(("attention.wq.weight", "attention.wk.weight")):
-                sd[k] = _permute_meta_qk(sd[k], cfg.n_heads if k.endswith("wq.weight") else cfg.n_kv_heads)
-    if cfg.tie_embeddings:
-        sd.setdefault("output.weight", sd.get("tok_embeddings.weight"))
-    for k, shape in expected.items():
-        if k not in sd:
-            raise ValueError(f"{path}: missing key {k!r} (expected shape {tuple(shape)})")
-        if sd[k].shape != shape:
-            raise ValueError(f"{path}: {k!r} has shape {tuple(sd[k].shape)} in the checkpoint, "
-                             f"{tuple(shape)} in the model built from its config")
-    model.load_state_dict(sd, assign=True)
-    if cfg.tie_embeddings:  # assign=True gave each name its own Parameter: tie them again, or training unties them
-        model.output.weight = model.tok_embeddings.weight
-    model.rope = RoPE(cfg)  # the buffer was created on the meta device
-    return model.to(dtype)
-
-
-def _merge_shards(key, shards, shape):
-    """Meta model-parallel shards: replicated, or split along the one dim whose sizes add up to the model's."""
-    if len(shards) == 1 or shards[0].shape == shape:
-        return shards[0]
-    for dim in range(len(shape)):
-        if sum(s.shape[dim] for s in shards) == shape[dim]:
-            return torch.cat(shards, dim=dim)
-    raise ValueError(f"cannot merge {len(shards)} shards of {key!r} with shape {tuple(shards[0].shape)} "
-                     f"into {tuple(shape)}")
-
-
-def save_pretrained(model, path, state_dict=None, dtype=None):
-    """Write a Hugging Face directory (config.json + model.safetensors) that transformers loads unchanged.
-
-    `state_dict` (default: the model's) lets a caller save weights it gathered or merged itself; `dtype` casts
-    them (e.g. bfloat16 to ship). Each file is written to a temporary name and renamed, so a crash never leaves a
-    half-written file."""
-    from safetensors.torch import save_file
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    ours_to_hf = {v: k for k, v in HF_KEYS.items() if v is not None}
-    sd = {}
-    for k, v in (model.state_dict() if state_dict is None else state_dict).items():
-        if k == "output.weight" and model.cfg.tie_embeddings:
-            continue  # tied: HF rebuilds lm_head from the embedding
-        sd[_map_key(k, ours_to_hf)] = v.detach().to("cpu", dtype or v.dtype).contiguous()
-    config = config_to_hf(model.cfg) | {"torch_dtype": str(next(iter(sd.values())).dtype).removeprefix("torch.")}
-    for name, write in (("model.safetensors", lambda f: save_file(sd, f, metadata={"format": "pt"})),
-                        ("config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2)))):
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
-        os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from everyone else
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)  # on disk before the rename: a power cut leaves the old file or the new one
-        os.fsync(fd)
-        os.close(fd)
-        os.replace(tmp, path / name)

@@ -167,5 +167,5 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    from train import parse_config
+    from config import parse_config
     main(parse_config(PlotConfig, sys.argv[1:], __doc__))

@@ -46,11 +46,53 @@ from dataclasses import dataclass
 
 import numpy as np
 
+DOC_CAP = 5  # the official code truncates documents to DOC_CAP·Lc tokens, which bounds the text skip v_i
 METHODS = ("pose", "randpos", "full", "plain")
 TEXTS = ("skip", "contiguous", "aligned")
-DOC_CAP = 5  # the official code truncates documents to DOC_CAP·Lc tokens, which bounds the text skip v_i
 
 
+def pose_window(Lx, Lc, Lt, N=2, text="skip", *, rng):
+    """One PoSE training window cut from a document x of Lx tokens: (pos, idx), int64 arrays of Lc entries, the
+    window's k-th token being x[idx[k]] at position pos[k]. §3.2 of the paper, one example at a time."""
+    cuts = []                                           # where chunks 1 … N-1 start inside the window
+    if N == 2:                                          # the official rule: the first chunk is at most half the window
+        cuts = [rng.integers(1, math.ceil(Lc / 2) + 1)]
+    elif N > 2:                                         # N - 1 distinct points of {1 … Lc-1}, uniformly
+        cuts = 1 + np.sort(np.argsort(rng.random(Lc - 1))[:N - 1])
+    st = np.array([0, *cuts], dtype=np.int64)           # st_i, the start of chunk i inside the window
+    l = np.diff([*st, Lc])                              # l_i, the chunk lengths: Σ l_i = Lc
+    u, v = np.zeros(N, np.int64), np.zeros(N, np.int64)  # u_0 = v_0 = 0
+    for i in range(1, N):                               # u_i ~ U{u_{i-1} … Lt - Lc}: positions only move forward
+        u[i] = rng.integers(u[i - 1], Lt - Lc + 1)
+    for i in range(1, N):                               # v_i ~ U{v_{i-1} … Lx - Lc}, Lx capped at 5·Lc
+        if text == "skip":
+            v[i] = rng.integers(v[i - 1], min(Lx, DOC_CAP * Lc) - Lc + 1)
+        elif text == "aligned":                         # every token at its true offset
+            v[i] = u[i]
+    pos = np.concatenate([st[i] + u[i] + np.arange(l[i]) for i in range(N)])  # chunk i: positions st_i + u_i + j
+    idx = np.concatenate([st[i] + v[i] + np.arange(l[i]) for i in range(N)])  # and text x[st_i + v_i + j]
+    return pos, idx
+
+
+def baseline_window(method, Lc, Lt, *, rng):
+    """The baselines' windows, as pose_window's (pos, idx); each reads the document's first tokens."""
+    if method == "randpos":  # Lc distinct positions of [0, Lt), sorted: those of the Lc smallest of Lt random keys
+        return np.sort(np.argsort(rng.random(Lt))[:Lc]), np.arange(Lc)
+    T = Lt if method == "full" else Lc  # full: the first Lt tokens; plain: the first Lc, at positions 0 … T-1
+    return np.arange(T), np.arange(T)
+
+
+def sample(doc, Lc, Lt, method="pose", num_chunks=2, text="skip", *, rng):
+    """One training window from `doc` (token ids): (tokens, pos), int64 arrays of length T = Lc (Lt for full).
+
+    Train on input = tokens[:-1], pos = pos[:-1], targets = tokens[1:]."""
+    _check(len(doc), Lc, Lt, method, num_chunks, text)
+    pos, idx = (pose_window(len(doc), Lc, Lt, num_chunks, text, rng=rng) if method == "pose"
+                else baseline_window(method, Lc, Lt, rng=rng))
+    return np.asarray(doc, dtype=np.int64)[idx], pos
+
+
+# ----------------------------------------------------------------------------- many windows at once, for coverage
 @dataclass
 class Chunks:
     """B windows of N chunks; every field is an int64 array of shape (B, N)."""
@@ -88,12 +130,13 @@ def _monotone(rng, size, N, high):
 
 
 def sample_chunks(Lx, Lc, Lt, method="pose", num_chunks=2, text="skip", *, rng, size=1):
-    """Draw the chunk structure of `size` windows over a document of Lx tokens; see the module docstring."""
+    """The chunk structure of `size` windows over a document of Lx tokens, drawn at once: the same rules as
+    pose_window and baseline_window (with size=1, the same draws), vectorised for coverage()."""
     _check(Lx, Lc, Lt, method, num_chunks, text)
     N, zeros = num_chunks, np.zeros((size, 1), np.int64)
     if method == "pose":
         cuts = np.empty((size, 0), np.int64)  # chunk boundaries st_1 … st_{N-1}
-        if N == 2:  # the official rule: the first chunk is at most half the window
+        if N == 2:
             cuts = rng.integers(1, math.ceil(Lc / 2) + 1, size=(size, 1))
         elif N > 2:
             cuts = 1 + _sorted_distinct(rng, size, N - 1, Lc - 1)
@@ -116,15 +159,6 @@ def window_indices(ch):
     i = np.repeat(np.tile(np.arange(N), B), ch.l.ravel()).reshape(B, -1)  # chunk of each token, (B, T)
     k = np.arange(i.shape[1])  # k = st_i + j for the j-th token of chunk i
     return k + np.take_along_axis(ch.u, i, axis=1), k + np.take_along_axis(ch.v, i, axis=1)
-
-
-def sample(doc, Lc, Lt, method="pose", num_chunks=2, text="skip", *, rng):
-    """One training window from `doc` (token ids): (tokens, pos), int64 arrays of length T = Lc (Lt for full).
-
-    Train on input = tokens[:-1], pos = pos[:-1], targets = tokens[1:]."""
-    doc = np.asarray(doc, dtype=np.int64)
-    pos, idx = window_indices(sample_chunks(len(doc), Lc, Lt, method, num_chunks, text, rng=rng))
-    return doc[idx[0]], pos[0]
 
 
 def coverage(method, Lc, Lt, num_chunks=2, n_samples=10_000, *, rng, batch=100):

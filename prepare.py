@@ -135,8 +135,9 @@ if __name__ == "__main__":
         tok = load_tokenizer(args.tokenizer)
         out = args.out or os.path.join(HERE, "data", "tok", tok.name)
         splits = {args.split: args.inputs} if args.inputs else CORPUS
+        spec = os.path.abspath(args.tokenizer) if os.path.exists(args.tokenizer) else args.tokenizer  # any cwd
         for split, paths in splits.items():
             source = " ".join(paths) if args.inputs else os.path.relpath(paths, HERE)
-            write_split(read_documents(paths, args.key), tok, out, split, args.min_len, args.tokenizer, source)
+            write_split(read_documents(paths, args.key), tok, out, split, args.min_len, spec, source)
     except (OSError, ValueError, ImportError) as e:
         parser.error(str(e))

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import checkpoint as C
 import eval as E
-import model as M
 import plots
 import train as T
+from config import parse_config
 
 Lc, Lt = 128, 1024
 RUNS = {  # name -> overrides of configs/tiny_pose.toml (PoSE, linear interpolation, N = 2)
@@ -60,17 +61,17 @@ def make_base(cfg):
     """Pretrain in two stages (text with a quarter of passkey rows, then half) and ship the result in bfloat16
     (8 MB), as LLaMA is shipped."""
     for stage in ("tiny_pretrain", "tiny_pretrain_passkey"):
-        out_dir = T.parse_config(T.TrainConfig, [f"configs/{stage}.toml"]).out_dir
+        out_dir = parse_config(T.TrainConfig, [f"configs/{stage}.toml"]).out_dir
         shutil.rmtree(out_dir, ignore_errors=True)
         run([sys.executable, "train.py", f"configs/{stage}.toml"])
-    M.save_pretrained(M.from_pretrained(os.path.join(out_dir, "final")), cfg.base, dtype=torch.bfloat16)
+    C.save_pretrained(C.from_pretrained(os.path.join(out_dir, "final")), cfg.base, dtype=torch.bfloat16)
 
 
 def interpolated_base(cfg, path):
     """The base with linear position interpolation (s = 8) and no fine-tuning: the paper's 'PI' row."""
-    base = M.from_pretrained(cfg.base)
+    base = C.from_pretrained(cfg.base)
     base.cfg = T.extend_context(base.cfg, T.TrainConfig(Lc=Lc, Lt=Lt, rope_type="linear"))
-    M.save_pretrained(base, path)
+    C.save_pretrained(base, path)
 
 
 def step_costs(runs_dir):
@@ -163,4 +164,4 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    main(T.parse_config(ReproConfig, sys.argv[1:], __doc__))
+    main(parse_config(ReproConfig, sys.argv[1:], __doc__))

@@ -3,7 +3,8 @@
     web-bpe4k        the project's own 4096-token byte-level BPE, trained on the training books (the default)
     gpt2:DIR         GPT-2's BPE from encoder.json + vocab.bpe in DIR (checked against GPT-2's sha256)
     DIR or FILE      tokenizer.json (Hugging Face, needs `tokenizers`), tokenizer.model (Llama-3, tiktoken format),
-                     encoder.json + vocab.bpe (GPT-2), or a *.tiktoken rank file in web-bpe4k's format
+                     encoder.json + vocab.bpe (GPT-2), or a *.tiktoken rank file in web-bpe4k's format (a model
+                     folder holding one of these, as train.py writes them, names its own tokenizer)
 
 `encode` never produces special tokens (text that looks like "<|endoftext|>" is encoded as plain text): callers
 add `bos_id` / `eos_id` themselves, as prepare.py does. Retrain web-bpe4k with `python tokenizer.py --train`.
@@ -11,7 +12,9 @@ add `bos_id` / `eos_id` themselves, as prepare.py does. Retrain web-bpe4k with `
 import argparse
 import base64
 import collections
+import gzip
 import hashlib
+import json
 import os
 import time
 
@@ -137,10 +140,21 @@ def load_tokenizer(spec="web-bpe4k"):
         return llama3(os.path.join(folder, "tokenizer.model"))
     if name in (None, "encoder.json", "vocab.bpe") and {"encoder.json", "vocab.bpe"} <= present:
         return gpt2(folder)
-    if name is not None and name.endswith(".tiktoken"):
-        return web_bpe(spec)
+    ranks = [f for f in sorted(present) if f.endswith(".tiktoken")] if name is None else [name]
+    if ranks and ranks[0].endswith(".tiktoken"):
+        return web_bpe(os.path.join(folder, ranks[0]))
     raise ValueError(f"tokenizer {spec!r}: expected tokenizer.json, tokenizer.model, encoder.json + vocab.bpe "
                      "or a .tiktoken file")
+
+
+def tokenizer_files(spec):
+    """The files a tokenizer spec is read from (what a model folder needs to carry its own tokenizer)."""
+    tok_path = WEB_BPE if spec == "web-bpe4k" else spec.removeprefix("gpt2:")
+    if os.path.isfile(tok_path):
+        return [tok_path]
+    names = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "encoder.json",
+             "vocab.bpe")
+    return [os.path.join(tok_path, f) for f in sorted(os.listdir(tok_path)) if f in names or f.endswith(".tiktoken")]
 
 
 def train_bpe(texts, vocab_size, pattern=GPT2_PATTERN):
@@ -197,9 +211,9 @@ if __name__ == "__main__":
     parser.add_argument("text", nargs="?", default="In the beginning God created the heavens and the earth.")
     args = parser.parse_args()
     if args.train:
-        from prepare import CORPUS, read_documents  # prepare imports this module, so only here
         t0 = time.time()
-        texts = [text for _, text in read_documents(CORPUS["train"])]
+        with gzip.open(os.path.join(os.path.dirname(WEB_BPE), "web", "train.jsonl.gz"), "rt", encoding="utf-8") as f:
+            texts = [json.loads(line)["text"] for line in f]  # the training books only
         ranks = train_bpe(texts, args.vocab_size - 1)  # the last id is <|endoftext|>
         write_ranks(ranks, args.out)
         print(f"wrote {len(ranks)} ranks to {args.out} in {time.time() - t0:.0f} s")

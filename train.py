@@ -16,9 +16,8 @@ import resource
 import shutil
 import sys
 import time
-import tomllib
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -27,108 +26,78 @@ import torch.nn as nn
 
 import model as M
 import pose
+from checkpoint import load_tensors, from_pretrained, save_pretrained
+from config import parse_config
+from eval import perplexity
 from passkey import passkey_example
 from prepare import TokenDataset
-from tokenizer import load_tokenizer
+from tokenizer import load_tokenizer, start_id, tokenizer_files
 
 
 @dataclass
 class TrainConfig:
-    # data: a folder written by prepare.py, holding train.* and eval.* splits
-    data_dir: str = "data/tok/web-bpe4k"
-    # where the model comes from: "scratch", "resume" (out_dir's latest checkpoint), or a HF / Meta / project dir
-    init_from: str = "scratch"
-    # model shape, used with init_from=scratch
-    dim: int = 256
-    n_layers: int = 4
-    n_heads: int = 8
-    n_kv_heads: int = 4
-    vocab_size: int = 4096
-    rope_theta: float = 10000.0
-    tie_embeddings: bool = False
-    # the method: pose | full | randpos | plain; Lc the training window, Lt the target context
-    method: str = "plain"
-    Lc: int = 128
-    Lt: int = 128
-    num_chunks: int = 2
-    text: str = "skip"          # pose text skips: skip | contiguous | aligned
+    # data
+    data_dir: str = "data/tok/web-bpe4k"  # a folder written by prepare.py, holding train.* and eval.* splits
+    start: str = "doc"          # doc: a window begins at its document's start (BOS at position 0), as the official
+                                # code; random: at a random offset, with the document's BOS put first
+    # the model: "scratch", "resume" (out_dir's latest checkpoint), or a Hugging Face / Meta / project folder
+    init_from: str = "scratch"  # where the model comes from
+    L0: int = 0                 # the length it was pretrained at; 0: its config's (Meta checkpoints must set it)
+    dim: int = 256              # width (init_from=scratch only, as the five below)
+    n_layers: int = 4           # transformer blocks
+    n_heads: int = 8            # query heads
+    n_kv_heads: int = 4         # key/value heads (GQA when fewer than n_heads)
+    vocab_size: int = 4096      # at least the tokenizer's
+    rope_theta: float = 10000.0  # RoPE base
+    tie_embeddings: bool = False  # share the input embedding with the output projection
+    # the method
+    method: str = "plain"       # pose | full | randpos | plain (a plain Lc window: pretraining, or the control)
+    Lc: int = 128               # the training window (tokens per row; full reads Lt)
+    Lt: int = 128               # the target context length
+    num_chunks: int = 2         # N, the chunks of a PoSE window
+    text: str = "skip"          # PoSE's text: skip (v_i drawn) | contiguous (v_i = 0) | aligned (v_i = u_i)
     passkey_share: float = 0.0  # plain pretraining only: this share of rows ends in a synthetic passkey prompt
-    # RoPE scaling set at extension time: keep (as loaded) | none | linear | ntk | dynamic | yarn | yarn_pose | llama3
-    rope_type: str = "keep"
-    rope_factor: float = 0.0    # 0: Lt / Lc
+    rope_type: str = "keep"     # RoPE scaling set now: keep (as loaded) | none | linear | ntk | dynamic | yarn |
+                                # yarn_pose (the official PoSE code's revised YaRN) | llama3
+    rope_factor: float = 0.0    # s; 0: Lt / L0
     # optimisation
     batch_size: int = 16        # rows per process per micro-step
-    grad_accum: int = 1
-    max_steps: int = 1000
-    lr: float = 1e-3
-    min_lr: float = 0.0
-    warmup_steps: int = 10
+    grad_accum: int = 1         # micro-steps per optimizer step
+    max_steps: int = 1000       # optimizer steps
+    lr: float = 1e-3            # peak learning rate
+    min_lr: float = 0.0         # the learning rate at max_steps
+    warmup_steps: int = 10      # linear warm-up from lr / warmup_steps
     decay: str = "linear"       # linear | cosine, from lr after warm-up to min_lr at max_steps
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
+    weight_decay: float = 0.1   # AdamW's, on matrices only
+    beta1: float = 0.9          # AdamW
+    beta2: float = 0.95         # AdamW
+    grad_clip: float = 1.0      # global gradient-norm clip; 0: none
     # LoRA: rank 0 trains every weight; >0 trains adapters on lora_targets (+ embeddings / norms if asked)
-    lora_rank: int = 0
-    lora_alpha: float = 16.0
-    lora_targets: str = "wq,wk,wv,wo"
-    lora_train_embeddings: bool = False
-    lora_train_norms: bool = False
-    base_dtype: str = "float32" # the frozen base weights' dtype under LoRA: bfloat16 halves a 7B model's memory
+    lora_rank: int = 0          # adapter rank; 0: full fine-tuning
+    lora_alpha: float = 16.0    # adapters are scaled by alpha / rank
+    lora_targets: str = "wq,wk,wv,wo"  # which projections get adapters (w1, w2, w3: the MLP's)
+    lora_train_embeddings: bool = False  # also train the embedding and output matrices
+    lora_train_norms: bool = False  # also train the RMSNorm weights
+    base_dtype: str = "float32"  # the frozen base's dtype under LoRA (bfloat16 halves a 7B model's memory);
+                                 # what is trained is float32 whatever this is
     # system
     device: str = "auto"        # auto | cpu | cuda | cuda:N
     dtype: str = "float32"      # float32 | bfloat16 | float16 (autocast; the weights stay float32)
-    grad_checkpointing: bool = False
-    compile: bool = False
+    grad_checkpointing: bool = False  # recompute each block in the backward pass: less memory, ~30% more time
+    compile: bool = False       # torch.compile the model
     fsdp: bool = False          # under torchrun: FSDP2 fully_shard instead of DDP
-    seed: int = 1337
+    seed: int = 1337            # data order and initialisation
     # logging, evaluation, checkpoints
-    out_dir: str = "out/run"
-    log_interval: int = 10
-    eval_interval: int = 100    # 0: only at the end
-    eval_batches: int = 4
-    ckpt_interval: int = 100    # 0: only at the end
-    keep_checkpoints: int = 1
+    out_dir: str = "out/run"    # checkpoints, log.jsonl and final/ (a Hugging Face folder)
+    log_interval: int = 10      # steps between log lines
+    eval_interval: int = 100    # steps between evaluations; 0: only at the end
+    eval_docs: int = 8          # evaluation (perplexity at Lc and Lt, stride Lc) reads this many held-out documents
+    eval_tokens: int = 4096     # ... each cut to its first max(eval_tokens, Lt + 1) tokens
+    ckpt_interval: int = 100    # steps between checkpoints; 0: only at the end
+    keep_checkpoints: int = 1   # how many checkpoints to keep
 
 
-# ----------------------------------------------------------------------------- config: file, --key=value, -h
-def parse_config(cls, argv, doc=__doc__):
-    """A `cls` dataclass from optional .toml files and --key=value overrides, in that order; -h prints `doc` and
-    lists the keys."""
-    if any(a in ("-h", "--help") for a in argv):
-        print(doc)
-        for f in fields(cls):
-            print(f"  --{f.name}={f.default!r}")
-        sys.exit(0)
-    values = {}
-    for arg in argv:
-        if arg.startswith("--"):
-            key, eq, val = arg[2:].partition("=")
-            if not eq:
-                sys.exit(f"error: {arg}: options are --key=value")
-            values[key] = val
-        else:
-            with open(arg, "rb") as f:
-                values.update(tomllib.load(f))
-    known = {f.name: f for f in fields(cls)}
-    for key, val in values.items():
-        if key not in known:
-            sys.exit(f"error: unknown config key {key!r} (python {sys.argv[0]} -h lists them)")
-        values[key] = _convert(val, type(known[key].default), key)
-    return cls(**values)
-
-
-def _convert(val, typ, key):
-    if not isinstance(val, str) or typ is str:
-        return val
-    try:
-        if typ is bool:
-            return {"true": True, "false": False, "1": True, "0": False}[val.lower()]
-        return typ(val)
-    except (KeyError, ValueError):
-        sys.exit(f"error: --{key}={val}: expected a {typ.__name__}")
-
-
+# ----------------------------------------------------------------------------- config
 def check_config(cfg):
     if cfg.method not in pose.METHODS:
         sys.exit(f"error: unknown method {cfg.method!r}; expected one of {', '.join(pose.METHODS)}")
@@ -142,8 +111,13 @@ def check_config(cfg):
         sys.exit(f"error: base_dtype={cfg.base_dtype} needs LoRA (lora_rank > 0) and dtype={cfg.base_dtype} autocast")
     if cfg.passkey_share and cfg.method != "plain":
         sys.exit("error: passkey_share is for pretraining (method=plain); PoSE fine-tunes on plain text, as the paper")
+    if cfg.rope_type == "longrope":
+        sys.exit("error: rope_type=longrope needs per-dimension factors, which only a checkpoint's config gives: keep "
+                 "them with rope_type=keep, or choose linear, ntk, dynamic, yarn, yarn_pose or llama3")
     if cfg.rope_type not in ("keep", "none") + M.ROPE_TYPES:
         sys.exit(f"error: unknown rope_type {cfg.rope_type!r}")
+    if cfg.start not in ("doc", "random"):
+        sys.exit(f"error: unknown start {cfg.start!r}; expected doc or random")
 
 
 # ----------------------------------------------------------------------------- data
@@ -154,8 +128,10 @@ def window_len(cfg):
 def get_batch(data, cfg, rng, rows, tok=None):
     """`rows` training windows: (x, pos, y), each (rows, T - 1) int64, x/pos the input and y the next tokens.
 
-    Each window comes from a random stretch of a random document (weighted by length) of up to 5·Lc tokens
-    (Lt for full), the document length the official code trains on; pose.sample then cuts the window from it.
+    Each window is cut by pose.sample from a random document (drawn in proportion to its length) that holds the
+    window: from the document's first 5·Lc tokens (Lt for full), as the official code, so that chunk 0 starts with
+    the document's BOS at position 0 (start="doc"); or, with start="random", from a stretch at a random offset that
+    the document's BOS is put in front of (pretraining, where a document's start is too little text).
     With passkey_share, that share of rows ends in a synthetic passkey prompt and its answer (tokenizer `tok`)."""
     need = cfg.Lt if cfg.method == "full" or cfg.text == "aligned" else cfg.Lc
     docs = data.docs_at_least(need)
@@ -166,9 +142,10 @@ def get_batch(data, cfg, rng, rows, tok=None):
     xs, ps = [], []
     for d in rng.choice(docs, size=rows, p=weights):
         doc = data.doc(d)
-        start = rng.integers(0, max(len(doc) - span, 0) + 1)
-        tokens, pos = pose.sample(doc[start:start + span], cfg.Lc, cfg.Lt, cfg.method, cfg.num_chunks,
-                                  cfg.text, rng=rng)
+        if cfg.start == "random":  # BOS, then span - 1 tokens from offset a >= 1
+            a = rng.integers(1, max(len(doc) - span + 1, 1) + 1)
+            doc = np.concatenate([doc[:1], doc[a:a + span - 1]])
+        tokens, pos = pose.sample(doc[:span], cfg.Lc, cfg.Lt, cfg.method, cfg.num_chunks, cfg.text, rng=rng)
         if cfg.passkey_share and rng.random() < cfg.passkey_share:
             example = passkey_example(tok, len(tokens), rng)
             tokens[len(tokens) - len(example):] = example  # text, then BOS + prompt + answer
@@ -189,18 +166,25 @@ def get_lr(step, cfg):
 
 # ----------------------------------------------------------------------------- model, context extension, LoRA
 def extend_context(mcfg, cfg):
-    """Set the RoPE scaling that maps positions [0, Lt) onto what a model pretrained at Lc knows."""
+    """The model config with the RoPE scaling that maps positions [0, Lt) onto what the model knows.
+
+    The factor is s = Lt / L0, L0 being the length the model was *pretrained* at (its config's, or cfg.L0), not the
+    training window Lc: Llama-2 (L0 = 4096) trained on 2k windows for 16k gets s = 4. YaRN, llama3 and dynamic
+    remember L0; linear and fixed NTK need only s."""
     if cfg.rope_type == "keep":
         return mcfg
-    factor = cfg.rope_factor or cfg.Lt / cfg.Lc
-    rs = None if cfg.rope_type == "none" else {"rope_type": cfg.rope_type, "factor": factor}
-    if cfg.rope_type == "ntk":
-        rs = {"rope_type": "ntk", "alpha": factor}
-    elif rs and cfg.rope_type != "linear":  # these remember the pretraining length; linear needs only s
-        rs["original_max_position_embeddings"] = cfg.Lc
-    if cfg.rope_type == "llama3":
-        rs |= {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
-    return M.ModelConfig(**(asdict(mcfg) | {"rope_scaling": rs, "max_seq_len": max(cfg.Lt, mcfg.max_seq_len)}))
+    L0 = cfg.L0 or mcfg.original_len
+    factor = cfg.rope_factor or cfg.Lt / L0
+    if cfg.rope_type != "none" and factor <= 1:
+        raise ValueError(f"Lt={cfg.Lt} is within the length the model was pretrained at (L0={L0}): there is nothing "
+                         "to extend (rope_type=keep or none), or set rope_factor")
+    rs = {"none": None, "linear": {"factor": factor}, "ntk": {"alpha": factor},
+          "llama3": {"factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0}}.get(cfg.rope_type, {"factor": factor})
+    if rs is not None:
+        rs = {"rope_type": cfg.rope_type} | rs
+        if cfg.rope_type not in ("linear", "ntk"):
+            rs["original_max_position_embeddings"] = L0
+    return M.ModelConfig(**(asdict(mcfg) | {"rope_scaling": rs, "max_seq_len": max(cfg.Lt, L0)}))
 
 
 class LoRALinear(nn.Module):
@@ -215,11 +199,11 @@ class LoRALinear(nn.Module):
     def forward(self, x):
         return self.base(x) + (x @ self.A.t() @ self.B.t()) * self.scale
 
-    def merged(self):
-        return self.base.weight + (self.B @ self.A).to(self.base.weight.dtype) * self.scale
-
 
 def add_lora(model, cfg):
+    """Freeze the model, add adapters to lora_targets, unfreeze embeddings / norms if asked. What is trained is
+    float32 whatever the frozen base's dtype: at lr 2e-5, AdamW's steps are far below bfloat16's spacing near 1.0
+    (2^-7), so a bfloat16 norm weight would never move."""
     targets = set(cfg.lora_targets.split(","))
     for p in model.parameters():
         p.requires_grad_(False)
@@ -231,6 +215,8 @@ def add_lora(model, cfg):
         if (cfg.lora_train_embeddings and name.startswith(("tok_embeddings", "output"))) or \
            (cfg.lora_train_norms and name.endswith("norm.weight")):
             p.requires_grad_(True)
+        if p.requires_grad:
+            p.data = p.data.float()  # in place: a tied embedding stays one parameter
 
 
 def merge_lora(sd, scale):
@@ -251,7 +237,7 @@ def load_model(init_from, cfg):
                                      n_kv_heads=cfg.n_kv_heads, vocab_size=cfg.vocab_size,
                                      rope_theta=cfg.rope_theta, max_seq_len=cfg.Lc,
                                      tie_embeddings=cfg.tie_embeddings))
-    return M.from_pretrained(init_from, max_seq_len=cfg.Lc, dtype=getattr(torch, cfg.base_dtype))
+    return from_pretrained(init_from, max_seq_len=cfg.L0 or None, dtype=getattr(torch, cfg.base_dtype))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -278,14 +264,14 @@ def full_state(model, optimizer=None):
     return get_state_dict(model, optimizer, options=opts) if optimizer else (get_model_state_dict(model, options=opts), None)
 
 
-def save_model(model, cfg, path):
-    """The model, adapters merged, as a Hugging Face directory (every rank must call it)."""
+def save_model(model, cfg, path, tok_files=()):
+    """The model, adapters merged, as a Hugging Face directory with its tokenizer (every rank must call it)."""
     sd, _ = full_state(model)
     if not dist.is_initialized() or dist.get_rank() == 0:
-        M.save_pretrained(raw_model(model), path, merge_lora(sd, cfg.lora_alpha / max(cfg.lora_rank, 1)))
+        save_pretrained(raw_model(model), path, merge_lora(sd, cfg.lora_alpha / max(cfg.lora_rank, 1)), None, tok_files)
 
 
-def save_checkpoint(model, optimizer, scaler, step, rng, cfg, base_from):
+def save_checkpoint(model, optimizer, scaler, step, rng, cfg, base_from, tok_files=()):
     """out_dir/ckpt_STEP: the merged model as a HF directory + train_state.pt; then `latest` is switched to it.
 
     The pointer moves only once the directory is complete, so a crash mid-save leaves the last good one."""
@@ -295,7 +281,7 @@ def save_checkpoint(model, optimizer, scaler, step, rng, cfg, base_from):
     name = f"ckpt_{step:07d}"
     tmp = os.path.join(cfg.out_dir, f".{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    M.save_pretrained(raw_model(model), tmp, merge_lora(model_sd, cfg.lora_alpha / max(cfg.lora_rank, 1)))
+    save_pretrained(raw_model(model), tmp, merge_lora(model_sd, cfg.lora_alpha / max(cfg.lora_rank, 1)), None, tok_files)
     trained = {k for k, p in raw_model(model).named_parameters() if p.requires_grad}
     with open(os.path.join(tmp, "train_state.pt"), "wb") as f:
         torch.save({"trained": {k: v for k, v in model_sd.items() if k in trained} if cfg.lora_rank else {},
@@ -316,25 +302,12 @@ def raw_model(model):
 
 
 # ----------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def evaluate(model, data, lengths, batches, batch_size, ctx, device, seed=0):
-    """Mean next-token loss of contiguous windows at positions 0..L-1, for each L, on fixed random windows."""
+def evaluate(model, docs, cfg, bos_id, ctx, device):
+    """{L: mean next-token loss} at L = Lc and Lt, by eval.py's perplexity() (sliding window, stride Lc)."""
     model.eval()
-    out = {}
-    for L in lengths:
-        docs = data.docs_at_least(L + 1)
-        if len(docs) == 0:
-            continue
-        rng, total = np.random.default_rng(seed), 0.0
-        for _ in range(batches):
-            rows = []
-            for d in rng.choice(docs, size=batch_size):
-                start = rng.integers(0, data.lengths[d] - L)
-                rows.append(np.asarray(data.doc(d)[start:start + L + 1], dtype=np.int64))
-            t = torch.from_numpy(np.stack(rows)).to(device)
-            with ctx:
-                total += model(t[:, :-1], targets=t[:, 1:]).item()
-        out[L] = total / batches
+    with ctx:
+        out = {L: perplexity(model, docs, L, bos_id=bos_id, stride=cfg.Lc, device=device)["nll"]
+               for L in sorted({cfg.Lc, cfg.Lt})}
     model.train()
     return out
 
@@ -357,7 +330,8 @@ def train(cfg):
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)  # the same on every rank: each takes its own rows of one global batch
     train_data, eval_data = TokenDataset(cfg.data_dir, "train"), TokenDataset(cfg.data_dir, "eval")
-    tok = load_tokenizer(train_data.meta["tokenizer"]) if cfg.passkey_share else None
+    tok, tok_files = load_tokenizer(train_data.meta["tokenizer"]), tokenizer_files(train_data.meta["tokenizer"])
+    eval_docs = [eval_data.doc(i)[:max(cfg.eval_tokens, cfg.Lt + 1)] for i in range(min(cfg.eval_docs, len(eval_data)))]
     get_batch(train_data, cfg, np.random.default_rng(), 1, tok)  # a corpus no window fits fails now, not mid-run
 
     resume = latest_checkpoint(cfg.out_dir) if cfg.init_from == "resume" else None
@@ -365,10 +339,10 @@ def train(cfg):
         sys.exit(f"error: init_from=resume but {cfg.out_dir} has no checkpoint")
     if cfg.init_from != "resume" and latest_checkpoint(cfg.out_dir):
         sys.exit(f"error: {cfg.out_dir} already holds a run; --init_from=resume continues it, or choose another out_dir")
-    state = M._load_file(os.path.join(resume, "train_state.pt")) if resume else None
+    state = load_tensors(os.path.join(resume, "train_state.pt")) if resume else None
     base_from = state["base_from"] if state else cfg.init_from
     if state and not cfg.lora_rank:  # fully trained: the checkpoint is the model, already extended
-        model = M.from_pretrained(resume)
+        model = from_pretrained(resume)
     else:  # a fresh run, or LoRA, whose frozen base comes from where the run began
         model = load_model(base_from, cfg)
         model.cfg = extend_context(model.cfg, cfg)
@@ -410,10 +384,9 @@ def train(cfg):
     ctx = nullcontext() if cfg.dtype == "float32" else torch.autocast(device.split(":")[0], dtype=getattr(torch, cfg.dtype))
     os.makedirs(cfg.out_dir, exist_ok=True)
     log = open(os.path.join(cfg.out_dir, "log.jsonl"), "a" if resume else "w") if master else None
-    eval_lengths = sorted({cfg.Lc, cfg.Lt})
 
     def run_eval():
-        losses = evaluate(raw_model(model), eval_data, eval_lengths, cfg.eval_batches, cfg.batch_size, ctx, device)
+        losses = evaluate(raw_model(model), eval_docs, cfg, start_id(tok), ctx, device)
         say(f"step {step}: eval loss " + ", ".join(f"@{L}: {v:.4f}" for L, v in losses.items()))
         if log:
             log.write(json.dumps({"step": step, "eval": losses}) + "\n")
@@ -463,10 +436,10 @@ def train(cfg):
         if cfg.eval_interval and step % cfg.eval_interval == 0:
             run_eval()
         if (cfg.ckpt_interval and step % cfg.ckpt_interval == 0) or step == cfg.max_steps:
-            save_checkpoint(model, optimizer, scaler, step, rng, cfg, base_from)
+            save_checkpoint(model, optimizer, scaler, step, rng, cfg, base_from, tok_files)
     if not cfg.eval_interval or step % cfg.eval_interval:
         run_eval()
-    save_model(model, cfg, os.path.join(cfg.out_dir, "final"))
+    save_model(model, cfg, os.path.join(cfg.out_dir, "final"), tok_files)
     say(f"saved {os.path.join(cfg.out_dir, 'final')} ({(time.time() - t_start) / 60:.1f} min)")
     if ddp:
         dist.destroy_process_group()
@@ -475,7 +448,7 @@ def train(cfg):
 
 if __name__ == "__main__":
     try:  # a wrong path, a bad checkpoint or corpus, a diverged loss: one line, not a traceback
-        train(parse_config(TrainConfig, sys.argv[1:]))
+        train(parse_config(TrainConfig, sys.argv[1:], __doc__))
         if "RANK" in os.environ:  # under torchrun, leave without the interpreter's teardown: with FSDP on CPU (gloo)
             # it sometimes aborts ("terminate called without an active exception") after every file is written and
             # the process group destroyed, and torchrun then reports a finished run as failed

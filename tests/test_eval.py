@@ -10,13 +10,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import checkpoint as C
 import eval as E
 import model as M
 import passkey as P
 import plots
 import pose
+from config import parse_config
 from tokenizer import load_tokenizer
-from train import parse_config
 
 V = 4096
 
@@ -154,7 +155,7 @@ def test_generation_and_teacher_forcing_agree_on_a_copier(tok):
 def test_evaluate_models_writes_tables_and_plots(tmp_path, tok):
     text = tmp_path / "book.txt"
     text.write_text(" ".join([P.FILLER, P.INTRO] * 20))
-    M.save_pretrained(tiny(), tmp_path / "run" / "final")
+    C.save_pretrained(tiny(), tmp_path / "run" / "final")
     cfg = parse_config(E.EvalConfig, [f"--models={tmp_path / 'run' / 'final'},b={tmp_path / 'run' / 'final'}",
                                       "--lengths=64,128", f"--data={text}", "--passkey_lengths=128",
                                       "--passkey_trials=1", "--passkey_depths=0,1", f"--out={tmp_path / 'res'}",

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoint as C
 import model as M
 
 transformers = pytest.importorskip("transformers")
@@ -19,6 +20,13 @@ ROPES = {  # rope type -> (HF rope_parameters, max_position_embeddings)
     "yarn": ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": L0}, 4 * L0),
     "llama3": ({"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": L0}, 4 * L0),
+    # every optional key transformers reads: DeepSeek's mscale pair, no truncation, other betas, no factor
+    "yarn_mscale": ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": L0, "mscale": 0.707,
+                     "mscale_all_dim": 1.0, "beta_fast": 16, "beta_slow": 2, "truncate": False}, 4 * L0),
+    "yarn_no_factor": ({"rope_type": "yarn", "factor": None, "original_max_position_embeddings": L0}, 8 * L0),
+    "longrope_no_factor": ({"rope_type": "longrope", "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.1, 4.0],
+                            "long_factor": [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5],
+                            "original_max_position_embeddings": L0}, 4 * L0),
 }
 # skipped PoSE-style positions: a chunk at 0..9, then a jump past L0 (so dynamic grows and yarn/llama3 matter)
 SKIPPED = torch.cat([torch.arange(10), torch.arange(10, 40) + 150])
@@ -65,7 +73,7 @@ def test_matches_transformers(kind, tie, kv_heads, tmp_path):
     rope, max_pos = ROPES[kind]
     hf = hf_llama(rope, max_pos, kv_heads, tie)
     hf.save_pretrained(tmp_path)
-    ours = M.from_pretrained(tmp_path).eval()
+    ours = C.from_pretrained(tmp_path).eval()
     assert ours.cfg.tie_embeddings == tie and ours.cfg.n_kv_heads == kv_heads
     assert (ours.output.weight is ours.tok_embeddings.weight) == tie  # one parameter, one gradient
     idx = tokens()
@@ -82,14 +90,14 @@ def test_save_pretrained_runs_in_transformers(kind, tmp_path):
           "yarn_pose": {"rope_type": "yarn_pose", "factor": 4.0, "original_max_position_embeddings": L0}}
     rs = rs[kind] if kind in rs else ROPES[kind][0]
     ours = tiny(rope_scaling=rs, max_seq_len=L0 if kind in ("none", "dynamic") else 4 * L0)
-    M.save_pretrained(ours, tmp_path)
+    C.save_pretrained(ours, tmp_path)
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
     idx = tokens()
     with torch.no_grad():
         diff = (ours(idx, SKIPPED) - hf_logits(hf, idx, SKIPPED)).abs().max().item()
     print(f"save_pretrained {kind}: max|diff|={diff:.2e}")
     assert diff <= 1e-4
-    back = M.from_pretrained(tmp_path).eval()  # and our own loader reads what we wrote
+    back = C.from_pretrained(tmp_path).eval()  # and our own loader reads what we wrote
     with torch.no_grad():
         assert torch.allclose(back(idx, SKIPPED), ours(idx, SKIPPED), atol=1e-5)
 
@@ -99,7 +107,7 @@ def test_fixed_ntk_is_plain_rope_with_larger_base():
     ntk = M.ModelConfig(dim=64, n_heads=4, rope_scaling={"rope_type": "ntk", "alpha": a})
     plain = M.ModelConfig(dim=64, n_heads=4, rope_theta=10000.0 * a ** (d / (d - 2)))
     assert torch.allclose(M.rope_inv_freq(ntk)[0], M.rope_inv_freq(plain)[0])
-    assert M.config_to_hf(ntk)["rope_scaling"] is None
+    assert C.config_to_hf(ntk)["rope_scaling"] is None
 
 
 def test_revised_yarn_differs_from_yarn_only_on_the_ramp():
@@ -117,16 +125,48 @@ def test_revised_yarn_differs_from_yarn_only_on_the_ramp():
 
 def test_original_len_is_the_pretraining_length():
     assert M.ModelConfig(max_seq_len=128).original_len == 128
-    assert M.ModelConfig(max_seq_len=1024, rope_scaling={"type": "linear", "factor": 8}).original_len == 128
+    assert M.ModelConfig(max_seq_len=1024, rope_scaling={"rope_type": "linear", "factor": 8}).original_len == 128
     yarn = {"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": 256}
     assert M.ModelConfig(max_seq_len=2048, rope_scaling=yarn).original_len == 256
+    assert C.normalize_rope_scaling({"type": "llama3", "factor": 8, "low_freq_factor": 1, "high_freq_factor": 4},
+                                    8192)["original_max_position_embeddings"] == 8192  # HF's default: the max length
 
 
-def test_unknown_rope_type():
+@pytest.mark.parametrize("rs,message", [
+    ({"type": "bogus", "factor": 2.0}, "unknown rope type 'bogus'"),
+    ({"rope_type": "linear"}, "needs 'factor'"),
+    ({"rope_type": "linear", "factor": 0.5}, "needs 'factor' >= 1"),
+    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0}, "needs 'high_freq_factor'"),
+    ({"rope_type": "longrope", "long_factor": [1.0] * 8}, "needs 'short_factor'"),
+    ({"rope_type": "linear", "factor": 2.0, "original_max_position_embeddings": 64}, "'original_max_position_"
+                                                                                     "embeddings' is not implemented"),
+    ({"rope_type": "yarn", "factor": 2.0, "extrapolation_factor": 1.0}, "'extrapolation_factor' is not implemented"),
+    ({"rope_type": "default", "partial_rotary_factor": 0.5}, "'partial_rotary_factor' is not implemented"),
+])
+def test_rope_scaling_keys_are_implemented_or_refused(rs, message):
+    with pytest.raises(ValueError, match=message):
+        C.normalize_rope_scaling(rs, 256)
+
+
+def test_unknown_rope_type_in_our_own_config():
     with pytest.raises(ValueError, match="unknown rope type 'bogus'"):
-        M.ModelConfig(rope_scaling={"type": "bogus", "factor": 2.0})
-    with pytest.raises(ValueError, match="needs 'factor'"):
-        M.ModelConfig(rope_scaling={"rope_type": "linear"})
+        M.ModelConfig(rope_scaling={"rope_type": "bogus", "factor": 2.0})
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 32}},
+     "transformers ignores 'original_max_position_embeddings'"),
+    ({"partial_rotary_factor": 0.5}, "'partial_rotary_factor' is not implemented"),
+    ({"hidden_act": "gelu"}, "hidden_act = 'gelu' is not LLaMA's"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 2.0, "mscale": 1.0, "typo": 1}}, "'typo' is not implemented"),
+])
+def test_hf_configs_that_would_be_another_model_are_refused(tmp_path, extra, message):
+    hf_llama().save_pretrained(tmp_path)
+    c = json.loads((tmp_path / "config.json").read_text())
+    c.pop("rope_parameters", None)
+    (tmp_path / "config.json").write_text(json.dumps(c | extra))
+    with pytest.raises(ValueError, match=message):
+        C.from_pretrained(tmp_path)
 
 
 def test_positions_none_equals_arange_and_rows_are_independent():
@@ -221,7 +261,7 @@ def write_meta_checkpoint(m, path, n_shards=2, vocab_split=False):
 def test_meta_checkpoint_round_trip(tmp_path, vocab_split):
     m = tiny(vocab_size=128, hidden_dim=M.llama_ffn_dim(64, 32))
     write_meta_checkpoint(m, tmp_path / "meta", vocab_split=vocab_split)
-    loaded = M.from_pretrained(tmp_path / "meta", max_seq_len=L0).eval()
+    loaded = C.from_pretrained(tmp_path / "meta", max_seq_len=L0).eval()
     assert loaded.cfg.hidden_dim == m.cfg.hidden_dim and loaded.cfg.vocab_size == 128
     idx = tokens()
     with torch.no_grad():
@@ -245,7 +285,7 @@ def test_sharded_safetensors_and_bin(tmp_path):
     idx = tokens()
     for d in ("sharded", "binonly"):
         with torch.no_grad():
-            assert (M.from_pretrained(tmp_path / d).eval()(idx) - hf_logits(hf, idx, torch.arange(40))).abs().max() <= 1e-4
+            assert (C.from_pretrained(tmp_path / d).eval()(idx) - hf_logits(hf, idx, torch.arange(40))).abs().max() <= 1e-4
 
 
 class Evil:
@@ -255,30 +295,30 @@ class Evil:
 
 def test_bad_inputs(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):
-        M.from_pretrained(tmp_path / "nope")
+        C.from_pretrained(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="neither config.json"):
-        M.from_pretrained(tmp_path / "empty")
+        C.from_pretrained(tmp_path / "empty")
     hf = hf_llama()
     hf.save_pretrained(tmp_path / "ok")
     (tmp_path / "ok" / "model.safetensors").rename(tmp_path / "weights")
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
-        M.from_pretrained(tmp_path / "ok")
+        C.from_pretrained(tmp_path / "ok")
     (tmp_path / "weights").rename(tmp_path / "ok" / "model.safetensors")
     c = json.loads((tmp_path / "ok" / "config.json").read_text())
     (tmp_path / "ok" / "config.json").write_text(json.dumps(c | {"intermediate_size": 128}))
     with pytest.raises(ValueError, match=r"'layers.0.feed_forward.w1.weight' has shape \(96, 64\) in the "
                                          r"checkpoint, \(128, 64\) in the model"):
-        M.from_pretrained(tmp_path / "ok")
+        C.from_pretrained(tmp_path / "ok")
     (tmp_path / "ok" / "config.json").write_text(json.dumps(c | {"rope_scaling": {"type": "bogus", "factor": 2}}))
     with pytest.raises(ValueError, match="unknown rope type 'bogus'"):
-        M.from_pretrained(tmp_path / "ok")
+        C.from_pretrained(tmp_path / "ok")
     (tmp_path / "evil").mkdir()
     (tmp_path / "evil" / "config.json").write_text(json.dumps(c))
     with open(tmp_path / "evil" / "pytorch_model.bin", "wb") as f:
         pickle.dump({"model.norm.weight": Evil()}, f)
     with pytest.raises(ValueError, match="refused or unreadable as a weights-only checkpoint"):
-        M.from_pretrained(tmp_path / "evil")
+        C.from_pretrained(tmp_path / "evil")
 
 
 def test_chunked_loss_weight_gradient():

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import checkpoint as C
 import model as M
 import prepare
 import train as T
@@ -22,7 +23,7 @@ from tokenizer import load_tokenizer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TINY = ["--dim=64", "--n_layers=2", "--n_heads=4", "--n_kv_heads=2", "--Lc=32", "--Lt=128", "--method=pose",
-        "--rope_type=linear", "--batch_size=4", "--warmup_steps=2", "--eval_interval=0", "--eval_batches=1",
+        "--rope_type=linear", "--batch_size=4", "--warmup_steps=2", "--eval_interval=0", "--eval_docs=2", "--eval_tokens=256",
         "--log_interval=1", "--device=cpu"]
 
 
@@ -63,7 +64,7 @@ def ws(tmp_path_factory):
     for split, path in prepare.CORPUS.items():
         prepare.write_split(prepare.read_documents([path])[:8], tok, ws / "tok", split)
         prepare.write_split([("a", "In the beginning."), ("b", "Jesus wept.")], tok, ws / "short", split)
-    M.save_pretrained(tiny_model(), ws / "good")
+    C.save_pretrained(tiny_model(), ws / "good")
     for bad in ("trunc", "shape", "rope", "evil"):
         shutil.copytree(ws / "good", ws / bad)
     weights = (ws / "good" / "model.safetensors").read_bytes()
@@ -72,13 +73,17 @@ def ws(tmp_path_factory):
     edit_config(ws / "rope", rope_scaling={"rope_type": "bogus", "factor": 2.0})
     (ws / "evil" / "model.safetensors").unlink()
     torch.save({"model.norm.weight": Evil(ws / "ran_code")}, ws / "evil" / "pytorch_model.bin")
-    M.save_pretrained(tiny_model(vocab_size=256), ws / "small_vocab")
+    C.save_pretrained(tiny_model(vocab_size=256), ws / "small_vocab")
     run = ws / "evil_resume"  # a run whose latest checkpoint holds a train_state.pt that runs code
     shutil.copytree(ws / "good", run / "ckpt_0000001")
     torch.save({"step": Evil(ws / "ran_code")}, run / "ckpt_0000001" / "train_state.pt")
     (run / "latest").write_text("ckpt_0000001")
     (ws / "file.txt").write_text("a file, not a folder")
     (ws / "empty.txt").write_text("")
+    (ws / "bad.toml").write_text("lr = = 1\n")
+    (ws / "meta").mkdir()  # a Meta folder: its params.json does not say how long a context it was pretrained at
+    (ws / "meta" / "params.json").write_text(json.dumps({"dim": 64, "n_layers": 2, "n_heads": 4, "vocab_size": 4096}))
+    torch.save({}, ws / "meta" / "consolidated.00.pth")
     return ws
 
 
@@ -115,10 +120,10 @@ def test_sigkill_three_times_then_resume_gives_the_uninterrupted_weights(ws, tmp
         rest = p.communicate()[0]
         assert p.returncode == -signal.SIGKILL, f"run {i} ended before its kill at step {step}: {rest[-1000:]}"
         latest = T.latest_checkpoint(out)
-        assert M._load_file(os.path.join(latest, "train_state.pt"))["step"] == int(latest[-7:])
+        assert C.load_tensors(os.path.join(latest, "train_state.pt"))["step"] == int(latest[-7:])
         unfinished = [int(d[6:13]) for d in os.listdir(out) if d.startswith(".ckpt_")]
         assert all(int(latest[-7:]) < n for n in unfinished), "`latest` moved before its save was complete"
-        M.from_pretrained(latest)  # complete: config and every weight
+        C.from_pretrained(latest)  # complete: config and every weight
     resumed = subprocess.run(args + [f"--out_dir={out}", "--init_from=resume"], cwd=ROOT, env=ENV,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -130,7 +135,7 @@ def test_sigkill_three_times_then_resume_gives_the_uninterrupted_weights(ws, tmp
 def tiny_cfg(ws, out_dir, **kw):
     return T.TrainConfig(**(dict(data_dir=str(ws / "tok"), out_dir=str(out_dir), dim=64, n_layers=2, n_heads=4,
                                  n_kv_heads=2, Lc=32, Lt=128, method="pose", rope_type="linear", batch_size=4,
-                                 max_steps=6, warmup_steps=2, log_interval=1, eval_interval=0, eval_batches=1,
+                                 max_steps=6, warmup_steps=2, log_interval=1, eval_interval=0,
                                  ckpt_interval=1, device="cpu") | kw))
 
 
@@ -147,8 +152,8 @@ def test_a_failed_save_keeps_the_last_good_checkpoint(ws, tmp_path, monkeypatch)
         T.train(tiny_cfg(ws, tmp_path))
     assert sorted(p for p in os.listdir(tmp_path) if p.startswith("ckpt_")) == ["ckpt_0000002"]
     assert T.latest_checkpoint(tmp_path) == str(tmp_path / "ckpt_0000002")
-    assert M._load_file(tmp_path / "ckpt_0000002" / "train_state.pt")["step"] == 2
-    M.from_pretrained(tmp_path / "ckpt_0000002")
+    assert C.load_tensors(tmp_path / "ckpt_0000002" / "train_state.pt")["step"] == 2
+    C.from_pretrained(tmp_path / "ckpt_0000002")
     assert not (tmp_path / "final").exists()
 
 
@@ -228,16 +233,29 @@ CASES = {
                                        "{ws}/evil_resume"),
     "NaN loss": (TRAIN, r"error: loss nan, gradient norm nan at step 3; stopped, the last good checkpoint is "
                         r"{run}/ckpt_0000002", None),  # its checkpoints: test_nan_stops_... above
+    "missing config file": (TRAIN + ["{ws}/nope.toml"],
+                            r"error: {ws}/nope.toml: No such file or directory \(a .toml config file, or --key=value\)",
+                            "{run}"),
+    "config file that is not TOML": (TRAIN + ["{ws}/bad.toml"], r"error: {ws}/bad.toml: not valid TOML \(.*\)", "{run}"),
+    "rope_type=longrope": (TRAIN + ["--rope_type=longrope"],
+                           r"error: rope_type=longrope needs per-dimension factors, which only a checkpoint's config "
+                           r"gives: .*", "{run}"),
+    "Meta checkpoint without L0": (TRAIN + ["--init_from={ws}/meta"],
+                                   r"error: {ws}/meta is a Meta checkpoint, whose params.json does not record the "
+                                   r"length it was pretrained at: give it \(LLaMA 2048, Llama-2 4096, Llama-3 8192\)",
+                                   "{run}"),
+    "eval: missing config file": (["eval.py", "{ws}/nope.toml"], r"error: {ws}/nope.toml: No such file or directory "
+                                                                  r"\(a .toml config file, or --key=value\)", None),
     "eval: missing checkpoint directory": (EVAL + ["--models={ws}/nowhere"],
-                                           r"error: {ws}/nowhere: no such checkpoint directory", "{run}"),
+                                           r"error: {ws}/nowhere: no such model folder", "{run}"),
     "eval: truncated safetensors": (EVAL + ["--models={ws}/trunc"],
                                     r"error: {ws}/trunc/model.safetensors: refused or unreadable .*", "{run}"),
     "eval: pickle that runs code": (EVAL + ["--models={ws}/evil"],
                                     r"error: {ws}/evil/pytorch_model.bin: refused or unreadable as a weights-only "
                                     r"checkpoint \(UnpicklingError: .*GLOBAL posix.mkdir.*\)", "{run}"),
     "eval: tokenizer vocabulary > model's": (EVAL + ["--models={ws}/small_vocab"],
-                                             r"error: {ws}/small_vocab has 256 token embeddings, the tokenizer 4096 "
-                                             r"tokens", "{run}"),
+                                             r"error: {ws}/small_vocab has 256 token embeddings, the tokenizer "
+                                             r"web-bpe4k 4096 tokens: .*", "{run}"),
     "eval: passkey length shorter than the template": (
         EVAL[:-1] + ["--models={ws}/good", "--passkey_lengths=20", "--passkey_trials=1"],
         r"error: 20 tokens is too short for the passkey template \(\d+ without filler\)", "{run}"),
@@ -329,7 +347,7 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path, protocol, why):
             pickle.dump({"w": Evil(tmp_path / "ran_code")}, f, protocol=protocol)
     with pytest.raises(ValueError, match=r"refused or unreadable as a weights-only checkpoint \(UnpicklingError: "
                                          f".*{why}"):
-        M._load_file(path)
+        C.load_tensors(path)
     assert not (tmp_path / "ran_code").exists()
 
 

@@ -11,9 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import checkpoint as C
 import model as M
 import prepare
 import train as T
+from config import parse_config
 from tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +41,7 @@ def no_network(monkeypatch):
 def tiny_cfg(data_dir, out_dir, **kw):
     base = dict(data_dir=data_dir, out_dir=str(out_dir), dim=64, n_layers=2, n_heads=4, n_kv_heads=2, Lc=32,
                 Lt=32, batch_size=4, max_steps=4, lr=3e-3, warmup_steps=2, log_interval=2, eval_interval=0,
-                eval_batches=1, ckpt_interval=0)
+                ckpt_interval=0, eval_docs=2, eval_tokens=256)
     return T.TrainConfig(**(base | kw))
 
 
@@ -61,7 +63,7 @@ def test_each_method_runs_and_saves_an_extended_hf_model(data_dir, tmp_path, met
         assert cfg["rope_scaling"]["rope_type"] == rope and cfg["rope_scaling"]["factor"] == 4.0
         assert cfg["max_position_embeddings"] == 128
     assert all(np.isfinite(log_losses(tmp_path)))
-    assert M.from_pretrained(tmp_path / "final").cfg.max_seq_len == cfg["max_position_embeddings"]
+    assert C.from_pretrained(tmp_path / "final").cfg.max_seq_len == cfg["max_position_embeddings"]
 
 
 def test_get_batch_shapes_and_shift(data_dir):
@@ -136,7 +138,7 @@ def test_lora_trains_only_adapters_and_merges_exactly(data_dir, tmp_path):
     idx = torch.randint(0, 4096, (2, 32))
     with torch.no_grad():
         ref = lora_model.eval()(idx)
-        got = M.from_pretrained(tmp_path / "lora" / "final").eval()(idx)
+        got = C.from_pretrained(tmp_path / "lora" / "final").eval()(idx)
     assert (ref - got).abs().max() < 1e-5
 
 
@@ -144,7 +146,7 @@ def test_lora_trains_only_adapters_and_merges_exactly(data_dir, tmp_path):
 def test_torchrun_two_processes_match_one(data_dir, tmp_path, fsdp):
     args = [f"--data_dir={data_dir}", "--dim=64", "--n_layers=2", "--n_heads=4", "--Lc=32", "--Lt=128",
             "--method=pose", "--rope_type=linear", "--max_steps=4", "--log_interval=1", "--eval_interval=0",
-            "--eval_batches=1", "--ckpt_interval=0", "--device=cpu"]
+            "--eval_docs=2", "--eval_tokens=256", "--ckpt_interval=0", "--device=cpu"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "train.py", *args, "--batch_size=4", f"--out_dir={tmp_path / 'one'}"],
                          cwd=ROOT, env=env, capture_output=True, text=True)
@@ -183,7 +185,7 @@ def test_help_lists_every_key():
 
 def test_configs_parse():
     for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
-        cfg = T.parse_config(T.TrainConfig, [os.path.join(ROOT, "configs", name)])
+        cfg = parse_config(T.TrainConfig, [os.path.join(ROOT, "configs", name)])
         T.check_config(cfg)
 
 

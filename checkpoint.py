@@ -1,0 +1,310 @@
+"""checkpoint.py: LLaMA weights in and out -- Hugging Face and Meta checkpoints in, Hugging Face out.
+
+    model = from_pretrained("models/tinyllama")          # config.json + safetensors / pytorch_model.bin, sharded or not
+    model = from_pretrained("llama-2-7b", max_seq_len=4096)  # Meta: params.json + consolidated.NN.pth
+    save_pretrained(model, "out/run/final")              # a folder transformers' LlamaForCausalLM loads unchanged
+
+model.py's names are Meta's (tok_embeddings, attention.wq, feed_forward.w1 ...), so Meta weights need no key map,
+only their q/k rows permuted once (Meta pairs head dims (2i, 2i+1) for RoPE, Hugging Face (i, i + hd/2)); Hugging
+Face weights need the key map below and no permutation. Pickled weights are read with torch's weights_only loader,
+which refuses anything but tensors, so a checkpoint cannot run code.
+"""
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from model import ROPE_TYPES, LLaMA, ModelConfig, RoPE, llama_ffn_dim, rope_inv_freq
+
+# What each RoPE scaling type reads, as transformers defines them ("ntk" and "yarn_pose" are this project's: fixed
+# NTK-aware scaling, and the official PoSE code's revised YaRN). A key outside this table is refused, never ignored:
+# ignored, it would make a model that gives other numbers than transformers does. L0 = original_max_position_embeddings.
+ROPE_KEYS = {
+    "default": (),
+    "linear": ("factor",),
+    "ntk": ("alpha",),
+    "dynamic": ("factor", "original_max_position_embeddings"),
+    "yarn": ("factor", "original_max_position_embeddings", "attention_factor", "beta_fast", "beta_slow", "mscale",
+             "mscale_all_dim", "truncate"),
+    "yarn_pose": ("factor", "original_max_position_embeddings", "attention_factor", "beta_fast", "beta_slow"),
+    "llama3": ("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"),
+    "longrope": ("factor", "original_max_position_embeddings", "attention_factor", "short_factor", "long_factor"),
+}
+REQUIRED = {"linear": ("factor",), "ntk": ("alpha",), "dynamic": ("factor",), "yarn": (), "yarn_pose": ("factor",),
+            "llama3": ("factor", "low_freq_factor", "high_freq_factor"), "longrope": ("short_factor", "long_factor")}
+
+
+def normalize_rope_scaling(rs, max_seq_len):
+    """An HF-style scaling dict ('rope_type' or 'type') -> {'rope_type', its keys, L0}, or None for plain RoPE.
+    L0 defaults to max_seq_len for the types that remember it (as transformers does); ValueError names any key
+    that is unknown or missing."""
+    rs = {k: v for k, v in (rs or {}).items() if k not in ("type", "rope_type", "rope_theta")} | {
+        "rope_type": (rs or {}).get("rope_type", (rs or {}).get("type", "default"))}
+    kind = rs["rope_type"]
+    if kind not in ROPE_KEYS:
+        raise ValueError(f"unknown rope type {kind!r}; expected one of default, {', '.join(ROPE_TYPES)}")
+    if rs.get("partial_rotary_factor", 1.0) == 1.0:
+        rs.pop("partial_rotary_factor", None)  # 1.0 rotates every dim, as here
+    for key in rs:
+        if key != "rope_type" and key not in ROPE_KEYS[kind]:
+            raise ValueError(f"rope type {kind!r}: {key!r} is not implemented here (expected only "
+                             f"{', '.join(ROPE_KEYS[kind]) or 'rope_theta'})")
+    for key in REQUIRED.get(kind, ()):
+        if not isinstance(rs.get(key), (int, float, list)):
+            raise ValueError(f"rope type {kind!r} needs {key!r}, got {rs.get(key)!r}")
+    if kind == "default":
+        return None
+    if "original_max_position_embeddings" in ROPE_KEYS[kind]:
+        rs.setdefault("original_max_position_embeddings", max_seq_len)
+    if kind in ("yarn", "longrope") and rs.get("factor") is None:  # transformers: the ratio of the two lengths
+        rs["factor"] = max_seq_len / rs["original_max_position_embeddings"]
+    key = "alpha" if kind == "ntk" else "factor"
+    if kind != "longrope" and (not isinstance(rs[key], (int, float)) or rs[key] < 1):
+        raise ValueError(f"rope type {kind!r} needs {key!r} >= 1, got {rs[key]!r}")
+    return rs
+
+
+# Hugging Face names -> ours ("{}" is the layer number, None: dropped). Ours are Meta's, so Meta needs no map.
+HF_KEYS = {
+    "model.embed_tokens.weight": "tok_embeddings.weight",
+    "model.layers.{}.self_attn.q_proj.weight": "layers.{}.attention.wq.weight",
+    "model.layers.{}.self_attn.k_proj.weight": "layers.{}.attention.wk.weight",
+    "model.layers.{}.self_attn.v_proj.weight": "layers.{}.attention.wv.weight",
+    "model.layers.{}.self_attn.o_proj.weight": "layers.{}.attention.wo.weight",
+    "model.layers.{}.self_attn.rotary_emb.inv_freq": None,
+    "model.layers.{}.mlp.gate_proj.weight": "layers.{}.feed_forward.w1.weight",
+    "model.layers.{}.mlp.up_proj.weight": "layers.{}.feed_forward.w3.weight",
+    "model.layers.{}.mlp.down_proj.weight": "layers.{}.feed_forward.w2.weight",
+    "model.layers.{}.input_layernorm.weight": "layers.{}.attention_norm.weight",
+    "model.layers.{}.post_attention_layernorm.weight": "layers.{}.ffn_norm.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+}
+
+
+def _map_key(key, table):
+    """Look a checkpoint key up in a table of '{}'-templated names; KeyError if it is not there."""
+    parts = key.split(".")
+    layer = next((p for p in parts if p.isdigit()), None)
+    template = ".".join("{}" if p == layer else p for p in parts)
+    target = table[template]
+    return None if target is None else target.replace("{}", layer or "")
+
+
+def _permute_meta_qk(w, n_heads):
+    """Meta pairs dims (2i, 2i+1) in each head, HF pairs (i, i + hd/2): reorder each head's rows once."""
+    out, inp = w.shape
+    return w.view(n_heads, out // n_heads // 2, 2, inp).transpose(1, 2).reshape(out, inp)
+
+
+def load_tensors(path):
+    """Tensors from safetensors, or from a torch pickle with weights_only, which refuses any code or object."""
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+            return load_file(str(path))
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # mmap needs torch's zip format; older pickles are read whole, as safely
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        # one line of why: torch's refusal runs to many, of which the one naming what is unsupported is the reason
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [""]
+        why = next((line for line in lines if "unsupported" in line.lower()), lines[0]).split(". ")[0]
+        raise ValueError(f"{path}: refused or unreadable as a weights-only checkpoint ({type(e).__name__}: {why})") from e
+
+
+def config_from_hf(c):
+    """Our ModelConfig from a Hugging Face config.json dict; ValueError for whatever would make another model."""
+    rs = dict(c.get("rope_scaling") or c.get("rope_parameters") or {})  # the older key wins, as in transformers
+    theta = c.get("rope_theta") or rs.get("rope_theta", 10000.0)
+    kind, max_len = rs.get("rope_type", rs.get("type")), c.get("max_position_embeddings", 2048)
+    if kind == "dynamic":  # transformers measures dynamic's growth from max_position_embeddings, and reads no L0
+        if "original_max_position_embeddings" in rs:
+            raise ValueError("rope type 'dynamic': transformers ignores 'original_max_position_embeddings' (it "
+                             "measures growth from max_position_embeddings); remove it")
+        rs["original_max_position_embeddings"] = max_len
+    elif kind in ("yarn", "llama3", "longrope") and "original_max_position_embeddings" in c:
+        rs["original_max_position_embeddings"] = c["original_max_position_embeddings"]  # Phi-3's place; HF's choice
+    if c.get("partial_rotary_factor", 1.0) != 1.0:
+        rs["partial_rotary_factor"] = c["partial_rotary_factor"]  # refused below, with the key named
+    for key, ok in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False), ("sliding_window", None)):
+        if c.get(key, ok) != ok:
+            raise ValueError(f"{key} = {c[key]!r} is not LLaMA's ({ok!r}) and not supported")
+    return ModelConfig(dim=c["hidden_size"], n_layers=c["num_hidden_layers"], n_heads=c["num_attention_heads"],
+                       n_kv_heads=c.get("num_key_value_heads"), head_dim=c.get("head_dim"),
+                       vocab_size=c["vocab_size"], hidden_dim=c["intermediate_size"],
+                       norm_eps=c.get("rms_norm_eps", 1e-6), rope_theta=theta,
+                       rope_scaling=normalize_rope_scaling(rs, max_len),
+                       max_seq_len=max_len, tie_embeddings=c.get("tie_word_embeddings", False))
+
+
+def config_to_hf(cfg):
+    rs, theta, max_len = dict(cfg.rope_scaling or {}), cfg.rope_theta, cfg.max_seq_len
+    if rs.get("rope_type") == "ntk":     # fixed NTK is plain RoPE with a larger base
+        theta, rs = cfg.rope_theta * rs["alpha"] ** (cfg.head_dim / (cfg.head_dim - 2)), {}
+    elif rs.get("rope_type") == "dynamic":  # HF reads L0 from max_position_embeddings for dynamic
+        max_len = rs.pop("original_max_position_embeddings", max_len)
+    elif rs.get("rope_type") == "yarn_pose":  # transformers has no such type, but longrope with fixed divisors is it
+        inv, att = rope_inv_freq(cfg)
+        divisors = (1.0 / (inv * cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))).tolist()
+        rs = {"rope_type": "longrope", "short_factor": divisors, "long_factor": divisors, "factor": rs["factor"],
+              "attention_factor": att, "original_max_position_embeddings": cfg.original_len}
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+            "hidden_size": cfg.dim, "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+            "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size,
+            "intermediate_size": cfg.hidden_dim, "rms_norm_eps": cfg.norm_eps, "rope_theta": theta,
+            "rope_scaling": rs or None, "max_position_embeddings": max_len,
+            "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False, "mlp_bias": False,
+            "torch_dtype": "float32"}
+
+
+def read_hf_config(path):
+    """The ModelConfig of a Hugging Face folder, without reading its weights; errors name the file."""
+    path = Path(path)
+    try:
+        return config_from_hf(json.loads((path / "config.json").read_text()))
+    except KeyError as e:  # name the file: the message alone does not say which model it is
+        raise ValueError(f"{path / 'config.json'}: no {e} entry") from e
+    except ValueError as e:
+        raise ValueError(f"{path / 'config.json'}: {e}") from e
+
+
+def _read_hf(path):
+    cfg = read_hf_config(path)
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (path / index).exists():
+            files = sorted(set(json.loads((path / index).read_text())["weight_map"].values()))
+            break
+    else:
+        files = [f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).exists()][:1]
+    if not files:
+        raise FileNotFoundError(f"{path}: no model.safetensors, pytorch_model.bin or shard index found")
+    sd = {}
+    for f in files:
+        for k, v in load_tensors(path / f).items():
+            try:
+                k = _map_key(k, HF_KEYS)
+            except KeyError:
+                raise ValueError(f"{path / f}: unexpected key {k!r}") from None
+            if k is not None:
+                sd[k] = v
+    return cfg, sd
+
+
+def _read_meta(path, max_seq_len):
+    p = json.loads((path / "params.json").read_text())
+    shards = sorted(path.glob("consolidated.*.pth"))
+    if not shards:
+        raise FileNotFoundError(f"{path}: params.json but no consolidated.*.pth shards")
+    parts = [load_tensors(s) for s in shards]
+    rs = None
+    if p.get("use_scaled_rope"):  # Llama 3.1+: the llama3 frequency rule lives in Meta's code, not in params
+        rs = {"rope_type": "llama3", "factor": p.get("rope_scaling_factor", 8.0), "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    emb = parts[0]["tok_embeddings.weight"]
+    n_vocab = p.get("vocab_size", -1)
+    if n_vocab <= 0:  # LLaMA 1 leaves it to the tokenizer; the embedding is split on vocab iff its width is full
+        n_vocab = emb.shape[0] * (len(parts) if emb.shape[1] == p["dim"] else 1)
+    cfg = ModelConfig(dim=p["dim"], n_layers=p["n_layers"], n_heads=p["n_heads"], n_kv_heads=p.get("n_kv_heads"),
+                      vocab_size=n_vocab, norm_eps=p.get("norm_eps", 1e-5), rope_theta=p.get("rope_theta", 10000.0),
+                      rope_scaling=rs, max_seq_len=max_seq_len,
+                      hidden_dim=llama_ffn_dim(p["dim"], p.get("multiple_of", 256), p.get("ffn_dim_multiplier")))
+    return cfg, parts
+
+
+def from_pretrained(path, max_seq_len=None, dtype=torch.float32):
+    """A LLaMA from a Hugging Face directory (config.json) or a Meta one (params.json + consolidated.NN.pth).
+
+    `max_seq_len` is for Meta checkpoints, whose params.json does not record the length they were pretrained at
+    (LLaMA 2048, Llama-2 4096, Llama-3 8192); a Meta checkpoint without it is refused.
+    `dtype` is the parameters' dtype (bf16 halves a 7B model's memory when only LoRA adapters are trained)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such checkpoint directory")
+    if (path / "config.json").exists():
+        cfg, sd = _read_hf(path)
+        meta = False
+    elif (path / "params.json").exists():
+        if not max_seq_len:
+            raise ValueError(f"{path} is a Meta checkpoint, whose params.json does not record the length it was "
+                             "pretrained at: give it (LLaMA 2048, Llama-2 4096, Llama-3 8192)")
+        cfg, parts = _read_meta(path, max_seq_len)
+        meta = True
+    else:
+        raise FileNotFoundError(f"{path}: neither config.json (Hugging Face) nor params.json (Meta) found")
+    with torch.device("meta"):
+        model = LLaMA(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if meta:
+        sd = {}
+        for k in parts[0]:
+            if k == "rope.freqs":
+                continue
+            if k not in expected:
+                raise ValueError(f"{path}: unexpected key {k!r}")
+            sd[k] = _merge_shards(k, [x[k] for x in parts], expected[k])
+            if k.endswith(("attention.wq.weight", "attention.wk.weight")):
+                sd[k] = _permute_meta_qk(sd[k], cfg.n_heads if k.endswith("wq.weight") else cfg.n_kv_heads)
+    if cfg.tie_embeddings:
+        sd.setdefault("output.weight", sd.get("tok_embeddings.weight"))
+    for k, shape in expected.items():
+        if k not in sd:
+            raise ValueError(f"{path}: missing key {k!r} (expected shape {tuple(shape)})")
+        if sd[k].shape != shape:
+            raise ValueError(f"{path}: {k!r} has shape {tuple(sd[k].shape)} in the checkpoint, "
+                             f"{tuple(shape)} in the model built from its config")
+    model.load_state_dict(sd, assign=True)
+    if cfg.tie_embeddings:  # assign=True gave each name its own Parameter: tie them again, or training unties them
+        model.output.weight = model.tok_embeddings.weight
+    model.rope = RoPE(cfg)  # the buffer was created on the meta device
+    return model.to(dtype)
+
+
+def _merge_shards(key, shards, shape):
+    """Meta model-parallel shards: replicated, or split along the one dim whose sizes add up to the model's."""
+    if len(shards) == 1 or shards[0].shape == shape:
+        return shards[0]
+    for dim in range(len(shape)):
+        if sum(s.shape[dim] for s in shards) == shape[dim]:
+            return torch.cat(shards, dim=dim)
+    raise ValueError(f"cannot merge {len(shards)} shards of {key!r} with shape {tuple(shards[0].shape)} "
+                     f"into {tuple(shape)}")
+
+
+def save_pretrained(model, path, state_dict=None, dtype=None, tokenizer_files=()):
+    """Write a Hugging Face directory (config.json + model.safetensors) that transformers loads unchanged.
+
+    `state_dict` (default: the model's) lets a caller save weights it gathered or merged itself; `dtype` casts
+    them (e.g. bfloat16 to ship); `tokenizer_files` are copied beside them, so that the folder is a whole model.
+    Each file is written to a temporary name and renamed, so a crash never leaves a half-written file."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    ours_to_hf = {v: k for k, v in HF_KEYS.items() if v is not None}
+    sd = {}
+    for k, v in (model.state_dict() if state_dict is None else state_dict).items():
+        if k == "output.weight" and model.cfg.tie_embeddings:
+            continue  # tied: HF rebuilds lm_head from the embedding
+        sd[_map_key(k, ours_to_hf)] = v.detach().to("cpu", dtype or v.dtype).contiguous()
+    config = config_to_hf(model.cfg) | {"torch_dtype": str(next(iter(sd.values())).dtype).removeprefix("torch.")}
+    files = [("model.safetensors", lambda f: save_file(sd, f, metadata={"format": "pt"})),
+             ("config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2)))]
+    files += [(Path(t).name, lambda f, t=t: shutil.copyfile(t, f)) for t in tokenizer_files]
+    for name, write in files:
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from everyone else
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)  # on disk before the rename: a power cut leaves the old file or the new one
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(tmp, path / name)
