@@ -1,15 +1,16 @@
-"""bench.py: model.py against transformers, and PoSE against Full-length, in memory and time; every figure a ratio.
+"""bench.py: model.py against transformers, PoSE against Full-length, in memory and time; every figure a ratio.
 
-    python bench.py                          # every part this machine can run: a, b, c (+ d on a GPU), ~5 min
-    python bench.py --parts=b,c --reps=3     # a subset
+    python bench.py                          # the CPU parts a, b, c, d, ~10 min on 2 cores
+    python bench.py --parts=b,c --reps=3     # a subset (the other parts' last results stay in the files)
     python bench.py --a_lengths=256,1024,4096 --threads=1  # (a) at 4096 tokens too (+4 min on a CPU), 1 thread
+    python bench.py --parts=gpu              # the full-scale check on one GPU, under 6 minutes, nothing downloaded
     python bench.py -h                       # every option
 
 Each ratio compares two things measured side by side in one run, interleaved, several repetitions, median
 reported: absolute timings on a shared machine mean little, ratios taken in the same minutes do. On a CPU that
 other programs share, --threads=1 keeps them steady: with two threads every operator waits for the slower core.
 (a) forward + backward tokens/s of model.py against transformers' LlamaForCausalLM (sdpa attention) with identical
-    weights (saved by model.save_pretrained, loaded by from_pretrained) and config, both computing the full LM loss
+    weights (saved by save_pretrained, loaded by from_pretrained) and config, both computing the full LM loss
     (ours: targets; HF: labels); float32 on a CPU, bf16 autocast on a GPU. The ratio is the median over
     repetitions of HF's time / ours, each pair run back to back (pairing cancels slow drifts in machine load).
     Beside it, each model's FLOP/s as a share of the best large square matmul measured in the same minutes: how
@@ -22,13 +23,21 @@ other programs share, --threads=1 keeps them steady: with two threads every oper
     Full-length steps at each Lt interleaved in the main process, the ratio the median of the paired ratios.
 (c) evaluation at T = 32 x Lc without gradients, fresh process each: the chunked loss (model(idx, targets=...))
     against full logits then F.cross_entropy.
-(d) GPU only: model FLOPs utilisation of a 1.1B LLaMA (TinyLlama's shape) at 2k tokens, bf16 autocast, forward +
-    backward: MFU = (6 N + 12 L d T) FLOPs per token / time / peak, PaLM's count (Chowdhery et al. 2022, App. B):
-    N parameters less the input embedding (a lookup), L layers, d = n_heads x head_dim, T the sequence length;
-    attention counted dense, as PaLM does, though causal attention needs half of it.
+(d) the loss of a training step: model.py's chunked cross-entropy, whose forward pass already computes its
+    gradients (the output projection runs once), against the plain alternative -- the same chunks under
+    activation checkpointing, which runs the projection again in the backward pass -- and against full logits.
+    Forward + backward of the tiny model (batch 16 x 127) and of (a)'s 32k-vocabulary model (1 x 1024).
+gpu: one GPU, a TinyLlama-shaped random model (1.1B, GQA 32/4, vocab 32000): forward + backward tokens/s at 2k of
+    model.py and of transformers (SDPA), each with and without torch.compile, in bf16, with MFU against the GPU's
+    bf16 peak; one PoSE step (2k window, Lt = 16k) and one Full-length step (16k) as train.py takes them (float32
+    weights, bf16 autocast, gradient checkpointing, AdamW), peak memory each; evaluation at 32k with the chunked
+    loss, peak memory. MFU = (6 N + 12 L d T) FLOPs per token / time / peak, PaLM's count (Chowdhery et al. 2022,
+    App. B): N parameters less the input embedding (a lookup), L layers, d = n_heads x head_dim, T the sequence
+    length, attention counted dense. On a CPU it runs at a toy size (the test suite does), which checks the code,
+    not the numbers.
 
-Writes results/bench.json ({"pose": {Lt: {"mem_gib", "step_s", ...}}, "full": {...}}, the form plots.py reads),
-results/bench.md (every part's table and ratio, with the machine) and plots/memory_time.png.
+Writes results/bench.json ({part: results}, each with the command and machine that measured it; part b is what
+plots/memory_time.png is drawn from), results/bench_gpu.json, and results/bench.md rendered from both.
 """
 import json
 import os
@@ -45,42 +54,44 @@ from multiprocessing import get_context
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 import checkpoint as C
 import model as M
+import pose
 from config import parse_config
 from train import TrainConfig, check_config, extend_context, get_batch, load_model
 
 
 @dataclass
 class BenchConfig:
-    parts: str = "a,b,c,d"         # which parts to run; d only runs on a GPU
+    parts: str = "a,b,c,d"         # which parts to run: a, b, c, d (any machine) and gpu (one GPU; toy size on a CPU)
     device: str = "auto"           # auto | cpu | cuda
     threads: int = 0               # torch CPU threads; 0: torch's default (one per core)
     reps: int = 5                  # timed repetitions per point, after warm-up; medians are reported
-    warmup: int = 1
+    warmup: int = 1                # untimed repetitions first
     # (a): a small LLaMA shape that two CPU cores run in reasonable time (GQA, LLaMA's 32k vocabulary)
-    a_dim: int = 512
-    a_layers: int = 8
-    a_heads: int = 8
-    a_kv_heads: int = 4
-    a_vocab: int = 32000
+    a_dim: int = 512               # width
+    a_layers: int = 8              # blocks
+    a_heads: int = 8               # query heads
+    a_kv_heads: int = 4            # key/value heads
+    a_vocab: int = 32000           # vocabulary
     a_lengths: str = ""            # "": 256,1024 on a CPU (4096 adds four minutes there), 256,1024,4096 on a GPU
-    a_batch: int = 1
-    # (b), (c): the tiny model of configs/tiny_*.toml (train.py's defaults: dim 256, 4 layers, 8/4 heads, 4k vocab)
-    data_dir: str = "data/tok/web-bpe4k"
-    Lc: int = 128
+    a_batch: int = 1               # rows
+    # (b), (c), (d): the tiny model of configs/tiny_*.toml (train.py's defaults: dim 256, 4 layers, 8/4 heads, 4k vocab)
+    data_dir: str = "data/tok/web-bpe4k"  # prepared data for (b)'s windows
+    Lc: int = 128                  # the training window
     b_factors: str = "1,2,4,8,16"  # Lt = factor x Lc
-    b_batch: int = 4
+    b_batch: int = 4               # rows per step
     c_factor: int = 32             # evaluation length T = c_factor x Lc
-    c_batch: int = 1
-    # (d)
-    d_tokens: int = 2048
-    d_batch: int = 1
+    c_batch: int = 1               # rows
+    # gpu: TinyLlama's shape; on a CPU a toy of the same form, so that the suite can run the code
+    gpu_shape: str = ""            # tinyllama | toy; "": tinyllama on a GPU, toy on a CPU
+    gpu_compile: bool = True       # also time both models under torch.compile
     peak_tflops: float = 989.0     # the accelerator's dense bf16 peak; 989 for H100 / H200 SXM
     # output
-    out: str = "results"
-    plots: str = "plots"
+    out: str = "results"           # bench.json, bench_gpu.json, bench.md
+    plots: str = "plots"           # memory_time.png
 
 
 # ----------------------------------------------------------------------------- timing and memory
@@ -342,31 +353,146 @@ def bench_eval_memory(bc):
     return out
 
 
-# ----------------------------------------------------------------------------- (d) MFU on a GPU
-def bench_mfu(bc, device):
-    T, B = bc.d_tokens, bc.d_batch
-    cfg = M.ModelConfig(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, hidden_dim=5632, vocab_size=32000,
-                        max_seq_len=T)  # TinyLlama-1.1B
+# ----------------------------------------------------------------------------- (d) the loss of a training step
+def checkpointed_chunks(h, weight, targets, reduction="mean", chunk=1024):
+    """The plain alternative to model.py's loss: cross-entropy chunk by chunk, each chunk's logits recomputed in
+    the backward pass (activation checkpointing), so the output projection runs twice."""
+    h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
+
+    def nll(hc, tc):
+        return F.cross_entropy((hc @ weight.t()).float(), tc, ignore_index=-1, reduction="sum")
+    total = sum(checkpoint(nll, h[i:i + chunk], targets[i:i + chunk], use_reentrant=False)
+                for i in range(0, h.size(0), chunk))
+    return total / (targets != -1).sum().clamp(min=1)
+
+
+def full_logits(h, weight, targets, reduction="mean"):
+    return F.cross_entropy((h @ weight.t()).float().flatten(0, -2), targets.flatten(), ignore_index=-1)
+
+
+def bench_loss(bc, device):
+    """Training-step time of the model with each loss (LLaMA.forward's loss swapped in place, then restored)."""
+    losses = {"model.py": M.chunked_cross_entropy, "checkpointed chunks": checkpointed_chunks,
+              "full logits": full_logits}
+    shapes = {"tiny": (M.ModelConfig(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, vocab_size=4096,
+                                     tie_embeddings=True), 16, bc.Lc - 1),
+              "32k vocabulary": (M.ModelConfig(dim=bc.a_dim, n_layers=bc.a_layers, n_heads=bc.a_heads,
+                                               n_kv_heads=bc.a_kv_heads, vocab_size=bc.a_vocab), 1, 1024)}
+    print("(d) the loss of a training step: model.py's (gradients in the forward pass) vs checkpointed chunks vs "
+          "full logits")
+    rows = []
+    for name, (cfg, B, T) in shapes.items():
+        torch.manual_seed(0)
+        model = M.LLaMA(cfg).to(device).train()
+        idx, y = (torch.randint(0, cfg.vocab_size, (B, T), device=device) for _ in range(2))
+        wall = {k: [] for k in losses}
+
+        def step(loss):
+            M.chunked_cross_entropy = loss
+            try:
+                model.zero_grad(set_to_none=True)
+                with autocast(device):
+                    model(idx, targets=y).backward()
+            finally:
+                M.chunked_cross_entropy = losses["model.py"]
+        for r in range(bc.warmup + bc.reps):
+            for k in losses if r % 2 == 0 else reversed(losses):
+                w, _, _ = timed(lambda: step(losses[k]), device)
+                if r >= bc.warmup:
+                    wall[k].append(w)
+        row = {"model": name, "batch": B, "T": T, "vocab": cfg.vocab_size,
+               "step_s": {k: statistics.median(v) for k, v in wall.items()},
+               "vs_model_py": {k: paired_median(v, wall["model.py"]) for k, v in wall.items()}}
+        rows.append(row)
+        print(f"  {name}: " + ", ".join(f"{k} {row['step_s'][k]:.3f} s ({row['vs_model_py'][k]:.3f}x)"
+                                         for k in losses), flush=True)
+    return {"rows": rows}
+
+
+# ----------------------------------------------------------------------------- gpu: the full-scale check
+GPU_SHAPES = {  # TinyLlama-1.1B with the paper's 2k window, 16k target and a 32k evaluation; a toy of its form
+    "tinyllama": dict(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, hidden_dim=5632, vocab_size=32000,
+                      Lc=2048, Lt=16384, T_eval=32768),
+    "toy": dict(dim=64, n_layers=2, n_heads=8, n_kv_heads=2, hidden_dim=160, vocab_size=512, Lc=64, Lt=512,
+                T_eval=1024),
+}
+
+
+def bench_gpu(bc, device):
+    import transformers
+    name = bc.gpu_shape or ("tinyllama" if device.startswith("cuda") else "toy")
+    shape = dict(GPU_SHAPES[name])
+    Lc, Lt, T_eval = shape.pop("Lc"), shape.pop("Lt"), shape.pop("T_eval")
+    cfg = M.ModelConfig(**shape, max_seq_len=Lc)
     torch.manual_seed(0)
-    model = M.LLaMA(cfg).to(device).train()
-    idx = torch.randint(0, cfg.vocab_size, (B, T), device=device)
-    N = sum(p.numel() for p in model.parameters()) - model.tok_embeddings.weight.numel()
-    flops = (6 * N + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * T) * B * T
+    ours = M.LLaMA(cfg)
+    with tempfile.TemporaryDirectory() as d:
+        C.save_pretrained(ours, d)
+        hf = transformers.LlamaForCausalLM.from_pretrained(d, attn_implementation="sdpa", dtype=torch.bfloat16)
+    ours, hf = ours.to(device, torch.bfloat16).train(), hf.to(device).train()
+    params = sum(p.numel() for p in ours.parameters())
+    N = params - ours.tok_embeddings.weight.numel()
+    flops = (6 * N + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * Lc) * Lc  # one row of Lc tokens
+    peak = bc.peak_tflops * 1e12 if device.startswith("cuda") else matmul_peak(device)
+    print(f"gpu: {name} ({params / 1e6:,.1f}M parameters) on {device}, bf16; Lc = {Lc}, Lt = {Lt}, eval {T_eval}")
+    idx = torch.randint(0, cfg.vocab_size, (1, Lc), device=device)
+    targets = torch.cat((idx[:, 1:], torch.full_like(idx[:, :1], -1)), dim=1)  # what HF's labels=idx scores
+    out = {"shape": name, "config": asdict(cfg), "parameters": params, "Lc": Lc, "Lt": Lt, "T_eval": T_eval,
+           "peak_flops": peak, "throughput": []}
+    for label, model, loss in (("model.py", ours, lambda m: m(idx, targets=targets)),
+                               ("transformers", hf, lambda m: m(idx, labels=idx).loss)):
+        for compiled in (False, True) if bc.gpu_compile else (False,):
+            fn = torch.compile(model) if compiled else model
 
-    def fwd_bwd():
-        model.zero_grad(set_to_none=True)
-        with autocast(device):
-            loss = model(idx, targets=idx)  # the loss value is beside the point; the FLOPs are the same
-        loss.backward()
+            def fwd_bwd():
+                model.zero_grad(set_to_none=True)
+                loss(fn).backward()
+            first = timed(fwd_bwd, device)[0]  # with torch.compile: the compilation
+            for _ in range(bc.warmup):
+                fwd_bwd()
+            t = statistics.median(timed(fwd_bwd, device)[0] for _ in range(bc.reps))
+            row = {"model": label, "compile": compiled, "tok_s": Lc / t, "step_s": t, "first_s": first,
+                   "mfu": flops / t / peak}
+            out["throughput"].append(row)
+            print(f"  {label}{' compiled' if compiled else ''}: {row['tok_s']:,.0f} tok/s, MFU {row['mfu']:.1%} "
+                  f"(first call {first:.1f} s)", flush=True)
+    del ours, hf
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
 
-    for _ in range(max(bc.warmup, 2)):
-        fwd_bwd()
-    t = statistics.median(timed(fwd_bwd, device)[0] for _ in range(bc.reps))
-    r = {"config": asdict(cfg), "params_counted": N, "tokens": B * T, "step_s": t, "model_tflops": flops / t / 1e12,
-         "peak_tflops": bc.peak_tflops, "mfu": flops / t / (bc.peak_tflops * 1e12)}
-    print(f"(d) 1.1B LLaMA, {B} x {T} tokens, bf16: {t * 1e3:.1f} ms/step, {r['model_tflops']:.1f} TFLOP/s, "
-          f"MFU {r['mfu']:.1%} of {bc.peak_tflops:.0f}", flush=True)
-    return r
+    # one step of each method as train.py takes it: float32 weights, bf16 autocast, checkpointing, AdamW
+    tc = {m: TrainConfig(method=m, Lc=Lc, Lt=Lt, rope_type="linear", batch_size=1, dtype="bfloat16",
+                         grad_checkpointing=True, device=device) for m in ("pose", "full")}
+    torch.manual_seed(0)
+    model = M.LLaMA(extend_context(cfg, tc["pose"]))
+    model.gradient_checkpointing = True
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    doc, rng = np.random.default_rng(0).integers(0, cfg.vocab_size, max(Lt, 5 * Lc)), np.random.default_rng(1)
+    for method in ("pose", "full", "pose"):  # PoSE again: its peak after Full's, with AdamW's state in place
+        tokens, pos = (torch.from_numpy(a)[None].to(device) for a in pose.sample(doc, Lc, Lt, method, rng=rng))
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def step():
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
+                loss = model(tokens[:, :-1], pos[:, :-1], tokens[:, 1:])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        t = timed(step, device)[0]
+        out[method] = {"tokens": tokens.size(1) - 1, "step_s": t, "peak_gib": memory_peak(device) / GiB}
+        print(f"  {method} step: {out[method]['tokens']} tokens, {t:.2f} s, peak {out[method]['peak_gib']:.2f} GiB",
+              flush=True)
+    model.eval()
+    idx = torch.randint(0, cfg.vocab_size, (1, T_eval + 1), device=device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
+        t = timed(lambda: model(idx[:, :-1], targets=idx[:, 1:]), device)[0]
+    out["eval"] = {"tokens": T_eval, "s": t, "peak_gib": memory_peak(device) / GiB}
+    print(f"  evaluation at {T_eval}, chunked loss: {t:.2f} s, peak {out['eval']['peak_gib']:.2f} GiB", flush=True)
+    return out
 
 
 # ----------------------------------------------------------------------------- report
@@ -388,45 +514,51 @@ def machine(device):
     return m
 
 
-def ratios(res, bc):
-    """The headline ratios, each with the issue's target where it sets one."""
+def ratios(res):
+    """The headline ratios, each with the target set for it, where one is."""
     out = {}
     for row in res.get("a", {}).get("rows", []):
         out[f"a: model.py / transformers tokens/s, T={row['T']}"] = (row["ratio"], ">= 1.2")
         out[f"a: the same in CPU time, T={row['T']}"] = (row["ratio_cpu"], "")
     if "b" in res:
-        pose, full = res["b"]["pose"], res["b"]["full"]
-        lo, hi = str(min(ints(bc.b_factors)) * bc.Lc), str(max(ints(bc.b_factors)) * bc.Lc)
-        f = int(hi) // bc.Lc
-        out[f"b: PoSE peak memory {f}·Lc / 1·Lc (process)"] = (pose[hi]["mem_gib"] / pose[lo]["mem_gib"], "<= 1.05")
-        out[f"b: PoSE step memory {f}·Lc / 1·Lc"] = (pose[hi]["step_gib"] / pose[lo]["step_gib"], "<= 1.05")
-        out[f"b: PoSE step time {f}·Lc / 1·Lc"] = (pose[hi]["step_s"] / pose[lo]["step_s"], "")
-        out[f"b: PoSE / Full step time at {f}·Lc (paired median)"] = (pose[hi]["time_vs_full"], "<= 0.125")
-        out[f"b: the same in CPU time at {f}·Lc"] = (pose[hi]["cpu_vs_full"], "")
-        out[f"b: PoSE / Full peak memory at {f}·Lc (process)"] = (pose[hi]["mem_gib"] / full[hi]["mem_gib"], "")
-        out[f"b: PoSE / Full step memory at {f}·Lc"] = (pose[hi]["step_gib"] / full[hi]["step_gib"], "")
+        pose_, full, Lc = res["b"]["pose"], res["b"]["full"], res["b"]["bc"]["Lc"]
+        lo, hi = min(pose_, key=int), max(pose_, key=int)
+        f = int(hi) // Lc
+        out[f"b: PoSE peak memory {f}·Lc / 1·Lc (process)"] = (pose_[hi]["mem_gib"] / pose_[lo]["mem_gib"], "<= 1.05")
+        out[f"b: PoSE step memory {f}·Lc / 1·Lc"] = (pose_[hi]["step_gib"] / pose_[lo]["step_gib"], "<= 1.05")
+        out[f"b: PoSE step time {f}·Lc / 1·Lc"] = (pose_[hi]["step_s"] / pose_[lo]["step_s"], "")
+        out[f"b: PoSE / Full step time at {f}·Lc (paired median)"] = (pose_[hi]["time_vs_full"], "<= 0.125")
+        out[f"b: the same in CPU time at {f}·Lc"] = (pose_[hi]["cpu_vs_full"], "")
+        out[f"b: PoSE / Full peak memory at {f}·Lc (process)"] = (pose_[hi]["mem_gib"] / full[hi]["mem_gib"], "")
+        out[f"b: PoSE / Full step memory at {f}·Lc"] = (pose_[hi]["step_gib"] / full[hi]["step_gib"], "")
     if "c" in res:
         chunked, full = res["c"]["chunked"], res["c"]["full_logits"]
         out["c: chunked / full-logits eval peak memory (process)"] = (chunked["mem_gib"] / full["mem_gib"], "")
         out["c: chunked / full-logits eval memory (above baseline)"] = (chunked["step_gib"] / full["step_gib"], "")
-    if isinstance(res.get("d"), dict) and "mfu" in res["d"]:
-        out[f"d: MFU, 1.1B LLaMA, {res['d']['tokens']} tokens, bf16"] = (res["d"]["mfu"], "")
+    for row in res.get("d", {}).get("rows", []):
+        out[f"d: step time, checkpointed chunks / model.py's loss, {row['model']}"] = (
+            row["vs_model_py"]["checkpointed chunks"], "> 1: model.py's loss earns its lines")
     return out
 
 
-def markdown(res, bc, command):
-    m = res["machine"]
-    lines = ["# Benchmarks", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
-             f"transformers {m['transformers']}, device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else "")
-             + f"; 1-minute load average {m['load_avg_1min']:.1f} at the start (a shared machine: only ratios count).",
-             "", f"Command: `{command}`", ""]
+def header(p):
+    m, c = p["machine"], p["bc"]
+    return (f"Measured by `{p['command']}` on {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
+            f"({m['torch_threads']} threads), transformers {m['transformers']}, device {m['device']}"
+            + (f" ({m['gpu']})" if "gpu" in m else "") + f"; 1-minute load average {m['load_avg_1min']:.1f}; "
+            f"median of {c['reps']} interleaved repetitions after {c['warmup']} warm-up.")
+
+
+def markdown(res):
+    lines = ["# Benchmarks", "", "Each part as last measured (a shared machine: only the ratios count). "
+             "`python bench.py` reruns a, b, c, d; `python bench.py --parts=gpu` the GPU check.", ""]
     if "a" in res:
         c = res["a"]["config"]
-        lines += [f"## (a) model.py vs transformers `LlamaForCausalLM`, forward + backward with the full LM loss", "",
+        lines += ["## (a) model.py vs transformers `LlamaForCausalLM`, forward + backward with the full LM loss", "",
+                  header(res["a"]), "",
                   f"dim {c['dim']}, {c['n_layers']} layers, {c['n_heads']} heads / {c['n_kv_heads']} kv heads, "
                   f"ffn {c['hidden_dim']}, vocab {c['vocab_size']} ({c['parameters'] / 1e6:.1f}M parameters), "
-                  f"identical weights; median of {bc.reps} interleaved repetitions after {bc.warmup} warm-up.", "",
+                  "identical weights.", "",
                   "| T | batch | model.py tok/s | transformers tok/s | ratio (paired median) | range over reps "
                   "| ratio of CPU time | model.py / transformers, share of matmul peak | 1.2× would need |",
                   "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -442,21 +574,24 @@ def markdown(res, bc, command):
                   "transformers' share of that peak (last column), every norm, softmax and elementwise operation "
                   "included, or else less arithmetic.", ""]
     if "b" in res:
-        lines += [f"## (b) one training step, PoSE vs Full-length (tiny model, Lc = {bc.Lc}, batch {bc.b_batch})", "",
+        b = res["b"]
+        lines += [f"## (b) one training step, PoSE vs Full-length (tiny model, Lc = {b['bc']['Lc']}, "
+                  f"batch {b['bc']['b_batch']})", "", header(b), "",
                   "Memory: a fresh process per point, two steps; *peak* is the process's peak, *step* that peak less "
-                  "what was in use before the first step. Time: PoSE and Full steps interleaved in one process, "
-                  f"median of {bc.reps} after {bc.warmup} warm-up; PoSE/Full is the median of the paired ratios.", "",
+                  "what was in use before the first step. Time: PoSE and Full steps interleaved in one process; "
+                  "PoSE/Full is the median of the paired ratios.", "",
                   "| Lt | PoSE peak GiB | PoSE step GiB | PoSE s/step | Full peak GiB | Full step GiB | Full s/step "
                   "| PoSE/Full time | PoSE/Full CPU time |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for Lt in res["b"]["pose"]:
-            p, f = res["b"]["pose"][Lt], res["b"]["full"][Lt]
-            lines.append(f"| {Lt} ({int(Lt) // bc.Lc}·Lc) | {p['mem_gib']:.3f} | {p['step_gib']:.3f} | "
+        for Lt in b["pose"]:
+            p, f = b["pose"][Lt], b["full"][Lt]
+            lines.append(f"| {Lt} ({int(Lt) // b['bc']['Lc']}·Lc) | {p['mem_gib']:.3f} | {p['step_gib']:.3f} | "
                          f"{p['step_s']:.3f} | {f['mem_gib']:.3f} | {f['step_gib']:.3f} | {f['step_s']:.3f} | "
                          f"{p['time_vs_full']:.3f} | {p['cpu_vs_full']:.3f} |")
         lines += ["", "![memory and time](../plots/memory_time.png)", ""]
     if "c" in res:
         c = res["c"]
-        lines += [f"## (c) evaluation memory at T = {c['T']} ({bc.c_factor}·Lc), batch {c['batch']}, no gradients", "",
+        lines += [f"## (c) evaluation memory at T = {c['T']} ({c['bc']['c_factor']}·Lc), batch {c['batch']}, "
+                  "no gradients", "", header(c), "",
                   "| loss computed as | peak GiB | above baseline GiB | s |", "|---|---:|---:|---:|"]
         for name, label in (("chunked", "chunked (`model(idx, targets=y)`)"),
                             ("full_logits", "full logits + `F.cross_entropy`")):
@@ -464,46 +599,91 @@ def markdown(res, bc, command):
             lines.append(f"| {label} | {r['mem_gib']:.3f} | {r['step_gib']:.3f} | {r['eval_s']:.3f} |")
         lines.append("")
     if "d" in res:
-        d = res["d"]
-        lines += ["## (d) model FLOPs utilisation", ""]
-        if "mfu" in d:
-            lines += [f"1.1B LLaMA (TinyLlama's shape), {d['tokens']} tokens, bf16 autocast, forward + backward: "
-                      f"{d['step_s'] * 1e3:.1f} ms/step, {d['model_tflops']:.1f} TFLOP/s, **MFU {d['mfu']:.1%}** of "
-                      f"{d['peak_tflops']:.0f} TFLOP/s; FLOPs = (6·N + 12·L·d·T)·tokens (PaLM's count).", ""]
-        else:
-            lines += [d["skipped"], ""]
+        lines += ["## (d) the loss of a training step: is model.py's hand-written gradient worth its lines?", "",
+                  header(res["d"]), "",
+                  "Forward + backward of the whole model, its loss computed three ways: model.py's "
+                  "`chunked_cross_entropy` (each chunk's gradient computed in the forward pass, so the output "
+                  "projection runs once), the same chunks under activation checkpointing (the projection runs again "
+                  "in the backward pass), and full logits with `F.cross_entropy`.", "",
+                  "| model | batch × T | vocab | model.py s/step | checkpointed chunks | full logits |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for r in res["d"]["rows"]:
+            s, v = r["step_s"], r["vs_model_py"]
+            lines.append(f"| {r['model']} | {r['batch']} × {r['T']} | {r['vocab']} | {s['model.py']:.3f} | "
+                         f"{s['checkpointed chunks']:.3f} ({v['checkpointed chunks']:.2f}×) | "
+                         f"{s['full logits']:.3f} ({v['full logits']:.2f}×) |")
+        lines.append("")
+    if "gpu" in res:
+        g = res["gpu"]
+        lines += [f"## gpu: {g['shape']} ({g['parameters'] / 1e6:,.1f}M parameters), the full-scale check", "",
+                  header(g), "", "| forward + backward, bf16, 1 × {} tokens | tok/s | MFU | first call s |".format(
+                      g["Lc"]), "|---|---:|---:|---:|"]
+        for r in g["throughput"]:
+            lines.append(f"| {r['model']}{' + torch.compile' if r['compile'] else ''} | {r['tok_s']:,.0f} | "
+                         f"{r['mfu']:.1%} | {r['first_s']:.1f} |")
+        lines += ["", f"MFU against {g['peak_flops'] / 1e12:.3g} TFLOP/s (PaLM's FLOP count). One training step as "
+                  "train.py takes it (float32 weights, bf16 autocast, gradient checkpointing, AdamW):", "",
+                  "| step | tokens | s | peak GiB |", "|---|---:|---:|---:|",
+                  f"| PoSE (Lc = {g['Lc']}, Lt = {g['Lt']}) | {g['pose']['tokens']} | {g['pose']['step_s']:.2f} | "
+                  f"{g['pose']['peak_gib']:.2f} |",
+                  f"| Full-length (Lt = {g['Lt']}) | {g['full']['tokens']} | {g['full']['step_s']:.2f} | "
+                  f"{g['full']['peak_gib']:.2f} |",
+                  f"| evaluation, chunked loss, no gradients | {g['eval']['tokens']} | {g['eval']['s']:.2f} | "
+                  f"{g['eval']['peak_gib']:.2f} |", ""]
+        if not g["machine"]["device"].startswith("cuda"):
+            lines += ["(Measured at toy size on a CPU, where peak memory is the process's and only shows that the "
+                      "code runs; the numbers that matter come from a GPU.)", ""]
+    else:
+        lines += ["## gpu", "", "Not measured yet: `python bench.py --parts=gpu` on one GPU (under 6 minutes).", ""]
     lines += ["## Ratios", "", "| ratio | value | target |", "|---|---:|---|"]
-    for name, (v, target) in ratios(res, bc).items():
+    for name, (v, target) in ratios(res).items():
         lines.append(f"| {name} | {v:.3f} | {target} |")
     return "\n".join(lines) + "\n"
 
 
-def write(res, bc, command):
-    """results/bench.md with every part run so far, and, once (b) ran, bench.json and the memory/time figure."""
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+
+
+def write(res, bc):
+    """Merge this run's parts into results/bench.json (CPU parts) and bench_gpu.json, then render bench.md from
+    both and redraw the memory/time figure from part b."""
     os.makedirs(bc.out, exist_ok=True)
+    paths = {"cpu": os.path.join(bc.out, "bench.json"), "gpu": os.path.join(bc.out, "bench_gpu.json")}
+    merged = {}
+    for kind, path in paths.items():
+        stored = load(path) | {k: v for k, v in res.items() if (k == "gpu") == (kind == "gpu")}
+        if stored:
+            with open(path, "w") as f:
+                json.dump(stored, f, indent=1)
+        merged |= stored
     with open(os.path.join(bc.out, "bench.md"), "w") as f:
-        f.write(markdown(res, bc, command))
-    if "b" in res:  # plots.py's form: {method: {Lt: {"mem_gib", "step_s", ...}}}
-        with open(os.path.join(bc.out, "bench.json"), "w") as f:
-            json.dump(res["b"], f, indent=1)
+        f.write(markdown(merged))
+    if "b" in res:
         import plots
-        plots.plot_memory_time(res["b"], os.path.join(bc.plots, "memory_time.png"))
+        plots.plot_memory_time({m: res["b"][m] for m in ("pose", "full")}, os.path.join(bc.plots, "memory_time.png"))
+    return merged
 
 
 def main(bc, command):
     device = setup(bc)
     parts = bc.parts.split(",")
-    res = {"machine": machine(device), "config": asdict(bc)}
-    print(json.dumps(res["machine"]))
-    if "d" in parts and not device.startswith("cuda"):
-        res["d"] = {"skipped": "(d) skipped: MFU is measured on a GPU only, and none is available here."}
-        print(res["d"]["skipped"])
-    for part, run in (("a", lambda: bench_vs_transformers(bc, device)), ("b", lambda: bench_pose_vs_full(bc, device)),
-                      ("c", lambda: bench_eval_memory(bc)), ("d", lambda: bench_mfu(bc, device))):
-        if part in parts and part not in res:
-            res[part] = run()
-            write(res, bc, command)  # after every part, so an interrupted run keeps what it measured
-    print("\n" + markdown(res, bc, command))
+    runs = {"a": lambda: bench_vs_transformers(bc, device), "b": lambda: bench_pose_vs_full(bc, device),
+            "c": lambda: bench_eval_memory(bc), "d": lambda: bench_loss(bc, device), "gpu": lambda: bench_gpu(bc, device)}
+    unknown = set(parts) - set(runs)
+    if unknown:
+        sys.exit(f"error: unknown part(s) {', '.join(sorted(unknown))}; expected some of {', '.join(runs)}")
+    print(json.dumps(machine(device)))
+    res = {}
+    for part in runs:
+        if part in parts:
+            res[part] = runs[part]() | {"command": command, "machine": machine(device), "bc": asdict(bc)}
+            merged = write(res, bc)  # after every part, so an interrupted run keeps what it measured
+    print("\n" + markdown(merged))
     return res
 
 

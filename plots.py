@@ -125,7 +125,7 @@ def plot_coverage(curves, Lc, path, title="Relative-position coverage"):
 class PlotConfig:
     results: str = "results"           # eval.py's output folder (ppl.json, passkey.json)
     logs: str = "out"                  # every LOGS/*/log.jsonl is a training run
-    bench: str = "results/bench.json"  # {method: {Lt: {"mem_gib", "step_s"}}}
+    bench: str = "results/bench.json"  # bench.py's results; part b holds {method: {Lt: {"mem_gib", "step_s"}}}
     out: str = "plots"
 
 
@@ -162,7 +162,8 @@ def main(cfg):
         plot_training({os.path.basename(os.path.dirname(p)): read_log(p) for p in runs}, wrote[-1])
     if os.path.exists(cfg.bench):
         wrote.append(os.path.join(cfg.out, "memory_time.png"))
-        plot_memory_time(_load(cfg.bench), wrote[-1])
+        b = _load(cfg.bench)["b"]
+        plot_memory_time({m: b[m] for m in ("pose", "full")}, wrote[-1])
     print("wrote " + (", ".join(wrote) if wrote else f"nothing: no inputs in {cfg.results}, {cfg.logs}, {cfg.bench}"))
 
 

@@ -161,3 +161,19 @@ def test_coverage_2k_to_16k():
 def test_bad_inputs(args, kwargs, message):
     with pytest.raises(ValueError, match=message):
         pose.sample(*args, **kwargs, rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("method,N,text", [("pose", 1, "skip"), ("pose", 2, "skip"), ("pose", 3, "skip"),
+                                           ("pose", 2, "contiguous"), ("pose", 3, "aligned"), ("randpos", 2, "skip"),
+                                           ("full", 2, "skip"), ("plain", 1, "skip")])
+def test_the_per_example_rule_draws_exactly_what_the_batched_sampler_draws(method, N, text):
+    """pose_window / baseline_window (training, one window at a time) and sample_chunks (coverage, thousands at
+    once) are two writings of one rule: from the same seed they give the same windows, so the same distribution."""
+    for seed in range(300):
+        for Lc, Lt, Lx in [(8, 40, 100), (7, 11, 30), (16, 64, 64)]:
+            if Lx < (Lt if method == "full" or text == "aligned" else Lc) or N > Lc:
+                continue
+            doc = 1000 + np.arange(Lx)
+            tokens, pos = pose.sample(doc, Lc, Lt, method, N, text, rng=np.random.default_rng(seed))
+            p, i = pose.window_indices(pose.sample_chunks(Lx, Lc, Lt, method, N, text, rng=np.random.default_rng(seed)))
+            assert np.array_equal(pos, p[0]) and np.array_equal(tokens, doc[i[0]]), (seed, Lc, Lt)

@@ -75,6 +75,20 @@ def test_get_batch_shapes_and_shift(data_dir):
     assert (pos.diff(dim=1) > 1).any()  # some window really skips
 
 
+@pytest.mark.parametrize("method", ["pose", "full", "randpos", "plain"])
+def test_every_window_starts_with_its_documents_bos(data_dir, method):
+    data, bos = prepare.TokenDataset(data_dir, "train"), load_tokenizer("web-bpe4k").eos_id
+    for start in ("doc", "random"):
+        cfg = tiny_cfg(data_dir, "x", method=method, Lt=256, start=start)
+        x, pos, _ = T.get_batch(data, cfg, np.random.default_rng(0), 16)
+        assert (x[:, 0] == bos).all() and (method == "randpos" or (pos[:, 0] == 0).all())
+        for row, p in zip(x.numpy(), pos.numpy()):
+            jumps = np.flatnonzero(np.diff(p) > 1) if method == "pose" else []
+            n = min(8, jumps[0] + 1) if len(jumps) else 8  # tokens of chunk 0
+            at_a_start = any(np.array_equal(row[:n], data.doc(i)[:n]) for i in range(len(data)))
+            assert at_a_start == (start == "doc") or n == 1  # random: BOS, then a stretch from further in
+
+
 def test_loss_falls_on_a_fixed_batch(data_dir):
     torch.manual_seed(0)
     m = M.LLaMA(M.ModelConfig(dim=64, n_layers=2, n_heads=4, vocab_size=4096, max_seq_len=32))

@@ -1,0 +1,39 @@
+"""bench.py's GPU check and loss comparison run end to end at toy size on a CPU, and write what they promise."""
+import json
+
+import pytest
+import torch
+
+import bench as B
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_gpu_check_and_loss_comparison_at_toy_size(tmp_path):
+    loss = B.M.chunked_cross_entropy
+    bc = B.BenchConfig(parts="gpu,d", device="cpu", reps=1, warmup=0, gpu_compile=False, a_dim=64, a_layers=1,
+                       a_heads=4, a_kv_heads=2, a_vocab=512, out=str(tmp_path), plots=str(tmp_path))
+    res = B.main(bc, "python bench.py --parts=gpu,d")
+    g = json.loads((tmp_path / "bench_gpu.json").read_text())["gpu"]
+    assert g["shape"] == "toy" and {r["model"] for r in g["throughput"]} == {"model.py", "transformers"}
+    assert g["full"]["tokens"] == g["Lt"] - 1 and g["pose"]["tokens"] == g["Lc"] - 1 and g["eval"]["tokens"] == 1024
+    assert all(r["tok_s"] > 0 and r["mfu"] > 0 for r in g["throughput"])
+    assert set(json.loads((tmp_path / "bench.json").read_text())) == {"d"}  # the GPU part has a file of its own
+    md = (tmp_path / "bench.md").read_text()
+    assert "## gpu: toy" in md and "## (d) the loss" in md and "checkpointed chunks / model.py's loss" in md
+    assert B.M.chunked_cross_entropy is loss  # the comparison swapped it in and out
+    losses = res["d"]["rows"][0]["step_s"]
+    assert set(losses) == {"model.py", "checkpointed chunks", "full logits"} and min(losses.values()) > 0
+
+    B.main(B.BenchConfig(parts="d", device="cpu", reps=1, warmup=0, a_dim=64, a_layers=1, a_heads=4, a_kv_heads=2,
+                         a_vocab=512, out=str(tmp_path), plots=str(tmp_path)), "again")
+    assert "## gpu: toy" in (tmp_path / "bench.md").read_text()  # a later CPU run keeps the GPU table
+
