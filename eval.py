@@ -49,6 +49,8 @@ class EvalConfig:
     passkey_depths: str = "0,0.25,0.5,0.75,1"
     passkey_trials: int = 10            # per (length, depth); 0 skips passkey
     passkey_mode: str = "generate"      # generate (greedy, KV cache) | teacher (one forward pass per trial)
+    position_len: int = 0               # mean loss at each position of windows this long (BOS first); 0: skip
+    position_windows: int = 0           # ... from at most this many windows per document (of max_tokens); 0: all
     seed: int = 0
     max_seq_len: int = 0                # Meta checkpoints only, which do not record it: their pretraining length
     out: str = "results"
@@ -122,10 +124,27 @@ def perplexity(model, docs, ctx, *, bos_id, stride=0, truncate=False, batch_toke
 
 
 @torch.no_grad()
-def passkey_hit(model, tok, ids, answer, key, mode, device):
+def position_loss(model, docs, L, *, bos_id, max_windows=0, batch_tokens=4096, device="cpu"):
+    """Mean next-token loss at each position 0 … L-1 of windows [BOS] x_a … x_{a+L-2} cut back to back from each
+    document (at most max_windows per document; 0: all): (L,) float64, and the number of windows averaged."""
+    texts = [np.asarray(d[1:] if len(d) and d[0] == bos_id else d, dtype=np.int64) for d in docs]
+    rows = [np.concatenate([[bos_id], t[a:a + L]]) for t in texts
+            for a in range(0, len(t) - L + 1, L)[:max_windows or None]]
+    if not rows:
+        raise ValueError(f"no document is long enough for a {L}-token window")
+    total, per = np.zeros(L), max(1, batch_tokens // L)
+    for i in range(0, len(rows), per):
+        t = torch.from_numpy(np.stack(rows[i:i + per])).to(device)
+        total += model(t[:, :-1], targets=t[:, 1:], reduction="none").view(len(t), L).sum(0).double().cpu().numpy()
+    return total / len(rows), len(rows)
+
+
+@torch.no_grad()
+def passkey_hit(model, tok, prompt, key, mode, device):
     """generate: greedy-decode 10 tokens; the first integer in them must be the key. teacher: one forward pass
     over prompt + key; the argmax must give every key token and then no further digit. (It takes the full
     logits of the sequence, fine at these sizes; a 7B model at 32k would want only the last few positions.)"""
+    ids, answer = prompt.ids, prompt.answer
     if mode == "generate":
         out = model.generate(torch.tensor([ids], device=device), max_new_tokens=10)
         found = re.search(r"\d+", tok.decode(out[0, len(ids):].tolist()))
@@ -144,8 +163,20 @@ def passkey_accuracy(model, tok, lengths, depths, trials, seed=0, mode="generate
     for L, d in progress_bar(cells, "passkey") if progress else cells:
         rng = np.random.default_rng([seed, L, round(d * 1000)])
         keys = rng.integers(10000, 100000, size=trials).tolist()
-        acc[L][d] = sum(passkey_hit(model, tok, *passkey_prompt(tok, L, d, k), k, mode, device) for k in keys) / trials
+        acc[L][d] = sum(passkey_hit(model, tok, passkey_prompt(tok, L, d, k), k, mode, device) for k in keys) / trials
     return acc
+
+
+def key_distances(tok, lengths, depths):
+    """{length: {depth: how many tokens back from the answer the key line starts}} (the same for every 5-digit
+    key): a key farther back than a model's pretraining window Lc is one it can only find past Lc."""
+    return {L: {d: passkey_prompt(tok, L, d, 10_000).distance for d in depths} for L in lengths}
+
+
+def beyond(acc, distance, Lc, L):
+    """Mean accuracy at length L over the depths whose key lies farther back than Lc (None if there is none)."""
+    far = [a for d, a in acc[L].items() if distance[L][d] > Lc]
+    return float(np.mean(far)) if far else None
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -219,7 +250,8 @@ def evaluate_models(cfg, progress=True):
             check_vocabulary(C.read_hf_config(path), path, tok)
     os.makedirs(cfg.out, exist_ok=True)
     os.makedirs(cfg.plots, exist_ok=True)
-    ppl, keys = {}, {}
+    ppl, keys, by_position = {}, {}, {}
+    distance = key_distances(tok, pk_lengths, depths) if cfg.passkey_trials else {}
     for name, path in specs:
         model = C.from_pretrained(path, cfg.max_seq_len or None, getattr(torch, cfg.dtype)).to(device).eval()
         check_vocabulary(model.cfg, path, tok)
@@ -235,14 +267,22 @@ def evaluate_models(cfg, progress=True):
         if cfg.passkey_trials:
             keys[name] = passkey_accuracy(model, tok, pk_lengths, depths, cfg.passkey_trials, cfg.seed,
                                           cfg.passkey_mode, device, progress)
-            print(f"{name}: passkey " + ", ".join(f"@{L}: {np.mean(list(a.values())):.0%}"
-                                                  for L, a in keys[name].items()))
+            print(f"{name}: passkey " + ", ".join(
+                f"@{L}: {np.mean(list(a.values())):.0%}" + ("" if beyond(keys[name], distance, Lc, L) is None else
+                                                             f" ({beyond(keys[name], distance, Lc, L):.0%} beyond Lc)")
+                for L, a in keys[name].items()))
+        if cfg.position_len:
+            cut = [d[:max(cfg.max_tokens, cfg.position_len) + 1] for d in docs] if cfg.max_tokens else docs
+            by_position[name], n_windows = position_loss(model, cut, cfg.position_len, bos_id=start_id(tok),
+                                                         max_windows=cfg.position_windows,
+                                                         batch_tokens=cfg.batch_tokens, device=device)
         del model  # before the next one loads
-    write_results(cfg, f"{source}, tokenizer {tok.name}", ppl, keys)
+    write_results(cfg, f"{source}, tokenizer {tok.name}", ppl, keys, distance,
+                  {"windows": n_windows, "models": by_position} if by_position else None)
     return ppl, keys
 
 
-def write_results(cfg, source, ppl, keys):
+def write_results(cfg, source, ppl, keys, distance=None, by_position=None):
     import plots  # here, not at the top: train.py imports this file for perplexity() and needs no matplotlib
     def write(name, text):
         with open(os.path.join(cfg.out, name), "w") as f:
@@ -256,14 +296,23 @@ def write_results(cfg, source, ppl, keys):
     write("ppl.md", f"Perplexity on {source}, {mode}, token-weighted.\n\n" + markdown(["model", *lengths], rows))
     plots.plot_perplexity({n: {L: v["ppl"] for L, v in r["ppl"].items()} for n, r in ppl.items()},
                           os.path.join(cfg.plots, "ppl.png"), plots.context_marks(ppl), f"Perplexity on {source}")
+    if by_position:
+        L = cfg.position_len
+        write("position_loss.json", json.dumps({
+            "protocol": {"data": source, "length": L, "windows": by_position["windows"]},
+            "models": {n: v.tolist() for n, v in by_position["models"].items()}}))
+        plots.plot_position_loss(by_position["models"], os.path.join(cfg.plots, "position_loss.png"),
+                                 plots.context_marks(ppl), by_position["windows"])
     if not keys:
         return
     write("passkey.json", json.dumps({"protocol": {"trials": cfg.passkey_trials, "mode": cfg.passkey_mode,
-                                                  "seed": cfg.seed}, "models": keys}, indent=1))
+                                                  "seed": cfg.seed}, "distance": distance, "models": keys}, indent=1))
     depths = list(next(iter(next(iter(keys.values())).values())))
     rows = [[name, L] + [f"{a[d]:.0%}" for d in depths] + [f"{np.mean(list(a.values())):.0%}"]
             for name, acc in keys.items() for L, a in acc.items()]
-    write("passkey.md", f"Passkey retrieval accuracy, {cfg.passkey_trials} trials per cell, {cfg.passkey_mode}.\n\n"
+    rows = [["key distance", L] + [distance[L][d] for d in depths] + [""] for L in distance] + rows
+    write("passkey.md", f"Passkey retrieval accuracy, {cfg.passkey_trials} trials per cell, {cfg.passkey_mode}; "
+          "the first rows give how many tokens back from the answer each key line starts.\n\n"
           + markdown(["model", "length"] + [f"depth {d:.0%}" for d in depths] + ["mean"], rows))
     for name, acc in keys.items():
         plots.plot_passkey(acc, os.path.join(cfg.plots, f"passkey_{name}.png"), f"Passkey retrieval: {name}")

@@ -52,6 +52,30 @@ def plot_perplexity(ppl, path, marks=None, title="Perplexity vs evaluation lengt
     _save(fig, path)
 
 
+def plot_position_loss(curves, path, marks=None, windows=None, smooth=16):
+    """curves {model: mean loss at positions 0 … L-1}, drawn as moving averages over `smooth` positions (the raw
+    curves are noisy); marks {position: label} as dashed lines (Lc, Lt). A model that cannot use positions past
+    its window rises after Lc; one that can stays flat or falls, as more context should make it."""
+    fig = Figure(figsize=(SIZE[0] * 1.2, SIZE[1] * 1.1))
+    ax = fig.subplots()
+    kernel = np.ones(smooth) / smooth
+    for k, (name, loss) in enumerate(curves.items()):
+        loss = np.asarray(loss)
+        x = np.arange(len(loss))[smooth - 1:] - (smooth - 1) / 2  # each average drawn at the middle of its span
+        ax.plot(x, np.convolve(loss, kernel, mode="valid"), lw=1.5, label=name, color=f"C{k % 10}",
+                ls="-" if k < 10 else "--")
+    for x, label in (marks or {}).items():
+        ax.axvline(int(x), color="gray", ls="--", lw=1)
+        right = int(x) >= max(map(len, curves.values())) - 1
+        ax.text(int(x), 0.98, f"{label} = {x} " if right else f" {label} = {x}", color="gray", va="top",
+                ha="right" if right else "left", transform=ax.get_xaxis_transform())
+    L = max(map(len, curves.values()))
+    ax.set(xlabel="position in the window (tokens)", ylabel=f"next-token loss (nats, mean over {smooth} positions)",
+           title=f"Loss at each position of {windows or 'the'} held-out windows of {L} tokens", xlim=(0, L))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    _save(fig, path)
+
+
 def plot_passkey(acc, path, title="Passkey retrieval"):
     """acc {length: {depth: accuracy in [0, 1]}} -> a heatmap, lengths across and depths down, cells labelled."""
     lengths = sorted(acc, key=int)
@@ -152,6 +176,11 @@ def main(cfg):
         wrote.append(os.path.join(cfg.out, "ppl.png"))
         plot_perplexity({n: {L: v["ppl"] for L, v in r["ppl"].items()} for n, r in models.items()}, wrote[-1],
                         context_marks(models), f"Perplexity on {results['protocol']['data']}")
+    if os.path.exists(os.path.join(cfg.results, "position_loss.json")):
+        pl = _load(os.path.join(cfg.results, "position_loss.json"))
+        wrote.append(os.path.join(cfg.out, "position_loss.png"))
+        marks = context_marks(_load(os.path.join(cfg.results, "ppl.json"))["models"])
+        plot_position_loss(pl["models"], wrote[-1], marks, pl["protocol"]["windows"])
     if os.path.exists(os.path.join(cfg.results, "passkey.json")):
         for name, acc in _load(os.path.join(cfg.results, "passkey.json"))["models"].items():
             wrote.append(os.path.join(cfg.out, f"passkey_{name}.png"))

@@ -5,6 +5,10 @@ the int64 document boundaries (n_docs + 1 of them: document i is tokens[offsets[
 OUT/SPLIT.json the tokenizer spec, dtype and counts. Every document starts with the tokenizer's BOS token (its
 EOS where it has no BOS, as <|endoftext|> for web-bpe4k and GPT-2): LLaMA models saw BOS at position 0 in
 training, and PoSE's chunk 0 is always cut from a document's start. Lengths and `min_len` count that token.
+--pack=N cuts documents at their blank lines and packs the pieces back, in order, into documents of at least N
+tokens: the built-in training books (a paragraph per chapter) become 478 documents (473 of 1024+ tokens), so that
+windows cut from documents' starts, as the official code cuts them, read 478 starts rather than 61. The held-out
+books stay whole, for long-context evaluation.
 
     python prepare.py --tokenizer=web-bpe4k                  # both built-in splits into data/tok/web-bpe4k
     python prepare.py --tokenizer=gpt2:DIR --min_len=2048 --split=train books/ more.jsonl.gz
@@ -49,6 +53,25 @@ def read_documents(paths, key="text"):
                         raise ValueError(f"{file}:{n}: no {key!r} field (choose another with --key)")
                     docs.append((row.get("title", f"{file}:{n}"), row[key]))
     return [(name, text) for name, text in docs if text.strip()]
+
+
+def pack_paragraphs(docs, tok, n):
+    """Each document cut at blank lines, the pieces joined back in order into documents of at least n tokens
+    (counted piece by piece, BOS included); a shorter remainder joins the last one of its document."""
+    out = []
+    for name, text in docs:
+        groups, size = [[]], 1
+        for piece in text.split("\n\n"):
+            if size >= n:
+                groups.append([])
+                size = 1
+            groups[-1].append(piece)
+            size += len(tok.encode(piece)) + 1
+        if size < n and len(groups) > 1:
+            last = groups.pop()
+            groups[-1] += last
+        out += [(f"{name} ({i + 1}/{len(groups)})", "\n\n".join(g)) for i, g in enumerate(groups)]
+    return out
 
 
 def token_dtype(n_vocab):
@@ -129,6 +152,8 @@ if __name__ == "__main__":
     parser.add_argument("--split", default="train", help="split name for the given inputs (default: %(default)s)")
     parser.add_argument("--min_len", type=int, default=0, help="drop documents shorter than this many tokens")
     parser.add_argument("--key", default="text", help="JSON field holding the text (default: %(default)s)")
+    parser.add_argument("--pack", type=int, help="cut documents at blank lines and pack the pieces into documents "
+                        "of at least this many tokens (default: 1024 for the built-in training books, else 0: whole)")
     args = parser.parse_args()
     print(vars(args))
     try:  # the errors above are meant for people: one line, no traceback
@@ -138,6 +163,11 @@ if __name__ == "__main__":
         spec = os.path.abspath(args.tokenizer) if os.path.exists(args.tokenizer) else args.tokenizer  # any cwd
         for split, paths in splits.items():
             source = " ".join(paths) if args.inputs else os.path.relpath(paths, HERE)
-            write_split(read_documents(paths, args.key), tok, out, split, args.min_len, spec, source)
+            docs = read_documents(paths, args.key)
+            pack = args.pack if args.pack is not None else 1024 if split == "train" and not args.inputs else 0
+            if pack:
+                docs = pack_paragraphs(docs, tok, pack)
+                source += f", packed into documents of {pack}+ tokens"
+            write_split(docs, tok, out, split, args.min_len, spec, source)
     except (OSError, ValueError, ImportError) as e:
         parser.error(str(e))

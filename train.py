@@ -56,7 +56,7 @@ class TrainConfig:
     Lt: int = 128               # the target context length
     num_chunks: int = 2         # N, the chunks of a PoSE window
     text: str = "skip"          # PoSE's text: skip (v_i drawn) | contiguous (v_i = 0) | aligned (v_i = u_i)
-    passkey_share: float = 0.0  # plain pretraining only: this share of rows ends in a synthetic passkey prompt
+    passkey_share: float = 0.0  # this share of rows starts with a synthetic passkey prompt and its answer
     rope_type: str = "keep"     # RoPE scaling set now: keep (as loaded) | none | linear | ntk | dynamic | yarn |
                                 # yarn_pose (the official PoSE code's revised YaRN) | llama3
     rope_factor: float = 0.0    # s; 0: Lt / L0
@@ -109,8 +109,6 @@ def check_config(cfg):
         sys.exit(f"error: unknown text option {cfg.text!r}; expected one of {', '.join(pose.TEXTS)}")
     if cfg.base_dtype != "float32" and not (cfg.lora_rank and cfg.dtype == cfg.base_dtype):
         sys.exit(f"error: base_dtype={cfg.base_dtype} needs LoRA (lora_rank > 0) and dtype={cfg.base_dtype} autocast")
-    if cfg.passkey_share and cfg.method != "plain":
-        sys.exit("error: passkey_share is for pretraining (method=plain); PoSE fine-tunes on plain text, as the paper")
     if cfg.rope_type == "longrope":
         sys.exit("error: rope_type=longrope needs per-dimension factors, which only a checkpoint's config gives: keep "
                  "them with rope_type=keep, or choose linear, ntk, dynamic, yarn, yarn_pose or llama3")
@@ -132,7 +130,8 @@ def get_batch(data, cfg, rng, rows, tok=None):
     window: from the document's first 5·Lc tokens (Lt for full), as the official code, so that chunk 0 starts with
     the document's BOS at position 0 (start="doc"); or, with start="random", from a stretch at a random offset that
     the document's BOS is put in front of (pretraining, where a document's start is too little text).
-    With passkey_share, that share of rows ends in a synthetic passkey prompt and its answer (tokenizer `tok`)."""
+    With passkey_share, that share of rows begins with a synthetic passkey prompt and its answer (tokenizer `tok`),
+    at the window's positions -- under PoSE with the skip between the key and the question (see passkey_row)."""
     need = cfg.Lt if cfg.method == "full" or cfg.text == "aligned" else cfg.Lc
     docs = data.docs_at_least(need)
     if len(docs) == 0:
@@ -147,12 +146,28 @@ def get_batch(data, cfg, rng, rows, tok=None):
             doc = np.concatenate([doc[:1], doc[a:a + span - 1]])
         tokens, pos = pose.sample(doc[:span], cfg.Lc, cfg.Lt, cfg.method, cfg.num_chunks, cfg.text, rng=rng)
         if cfg.passkey_share and rng.random() < cfg.passkey_share:
-            example = passkey_example(tok, len(tokens), rng)
-            tokens[len(tokens) - len(example):] = example  # text, then BOS + prompt + answer
+            tokens, pos = passkey_row(tokens, pos, tok, cfg, rng)
         xs.append(tokens)
         ps.append(pos)
     tokens, pos = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ps))
     return tokens[:, :-1], pos[:, :-1], tokens[:, 1:]
+
+
+def passkey_row(tokens, pos, tok, cfg, rng):
+    """A window that begins with a passkey prompt (BOS, instruction, filler, key line, filler, question) and its
+    answer, the rest of the window the text it held. Under PoSE the window's first skip is moved to a point drawn
+    between the end of the key line and the question, so that the key-to-question distance is the one the skip
+    stretches (by u_1, up to Lt - Lc): a short window then teaches retrieval across up to Lt tokens, which is what
+    the passkey test asks for. Elsewhere in the window, and for the other methods, positions are the window's."""
+    example, p = passkey_example(tok, len(tokens), rng)
+    tokens = np.concatenate([example, tokens[:len(tokens) - len(example)]])
+    if cfg.method == "pose" and cfg.num_chunks > 1:
+        k = np.arange(len(pos))
+        u = pos - k  # u_i of each token's chunk: 0 in chunk 0, then u_1 <= u_2 <= ...
+        first = u[u > 0].min() if (u > 0).any() else 0  # the window's first skip
+        cut = rng.integers(p.key_end, p.question_at + 1)
+        pos = k + np.where(k < cut, 0, np.maximum(u, first))
+    return tokens, pos
 
 
 def get_lr(step, cfg):
@@ -297,6 +312,18 @@ def save_checkpoint(model, optimizer, scaler, step, rng, cfg, base_from, tok_fil
         shutil.rmtree(os.path.join(cfg.out_dir, d), ignore_errors=True)
 
 
+def peak_memory_gib(device):
+    """This process's peak memory: the allocator's on a GPU; on a CPU the resident set's high-water mark, VmHWM,
+    which starts afresh in every process (getrusage's ru_maxrss is carried over from a parent across exec)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**20
+    except (OSError, StopIteration):  # not Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def raw_model(model):
     return getattr(model, "module", model)
 
@@ -424,8 +451,7 @@ def train(cfg):
             dt = time.time() - t0
             tok_s = (step - logged) * cfg.grad_accum * cfg.batch_size * world * T / dt
             eta = (time.time() - t_start) / (step - start_step) * (cfg.max_steps - step)
-            mem = (torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda")
-                   else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+            mem = peak_memory_gib(device)
             say(f"step {step}/{cfg.max_steps} | loss {loss_sum.item():.4f} | lr {lr:.2e} | grad {grad_norm.item():.2f} "
                 f"| {tok_s:,.0f} tok/s | peak mem {mem:.2f} GiB | ETA {eta / 60:.1f} min")
             if log:

@@ -88,6 +88,22 @@ def test_uniform_logits_give_the_vocabulary_size():
     assert out["tokens"] == 2 * 64 and E.perplexity(model, docs, 64, bos_id=V - 1, stride=48)["tokens"] == 299 + 76
 
 
+def test_position_loss_of_uniform_logits_is_log_v_everywhere():
+    model = tiny()
+    with torch.no_grad():
+        model.output.weight.zero_()
+    loss, n = E.position_loss(model, random_docs([300, 200, 129]), 64, bos_id=V - 1)
+    assert n == 4 + 3 + 2 and loss.shape == (64,) and np.allclose(loss, math.log(V))  # back-to-back 64-token windows
+    assert E.position_loss(model, random_docs([300]), 64, bos_id=V - 1, max_windows=2)[1] == 2
+
+
+def test_keys_beyond_lc_are_counted_by_their_distance(tok):
+    distance = E.key_distances(tok, [128, 1024], [0.0, 0.5, 1.0])
+    assert distance[1024][0.0] > 900 and distance[1024][1.0] < 64 and max(distance[128].values()) < 128
+    acc = {128: {0.0: 1.0, 0.5: 1.0, 1.0: 1.0}, 1024: {0.0: 0.5, 0.5: 0.0, 1.0: 1.0}}
+    assert E.beyond(acc, distance, 128, 1024) == 0.25 and E.beyond(acc, distance, 128, 128) is None
+
+
 def test_chunked_loss_matches_plain_logits():
     model, ctx = tiny(seed=1, max_seq_len=1024), 600
     docs = random_docs([700, 650], seed=2)  # 2 windows x 600 tokens: more than one 1024-token loss chunk
@@ -108,8 +124,12 @@ def test_windows_past_max_seq_len_warn_but_run():
 def test_passkey_prompt_length_and_depth(tok, length):
     rep = len(P.FILLER.split(" "))
     for depth in (0, 0.1, 0.25, 0.5, 0.9, 1):
-        ids, answer = P.passkey_prompt(tok, length, depth, 31415)
+        p = P.passkey_prompt(tok, length, depth, 31415)
+        ids, answer = p.ids, p.answer
         assert length - 4 <= len(ids) + len(answer) <= length
+        # where the key line and the question are: the exact tokens of each, and the key's distance from the answer
+        assert tok.decode(ids[p.key_at:p.key_end]) == P.KEY_LINE.format(key=31415)
+        assert tok.decode(ids[p.question_at:]) == P.QUESTION and p.distance == len(ids) - p.key_at
         assert ids[0] == tok.eos_id and tok.decode(answer) == " 31415"
         intro, before, key_line, after, question = tok.decode(ids[1:]).split("\n")
         assert (intro, key_line, question) == (P.INTRO, P.KEY_LINE.format(key=31415), P.QUESTION)

@@ -15,7 +15,9 @@ import checkpoint as C
 import model as M
 import prepare
 import train as T
+import pose
 from config import parse_config
+from passkey import passkey_example
 from tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -209,6 +211,27 @@ def test_a_fresh_run_never_overwrites_an_old_one(data_dir, tmp_path):
     with pytest.raises(SystemExit, match="already holds a run"):
         T.train(tiny_cfg(data_dir, tmp_path, max_steps=2))
     assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.parametrize("method", ["pose", "plain", "randpos"])
+def test_passkey_rows_begin_with_the_prompt_and_pose_skips_between_key_and_question(data_dir, method):
+    tok = load_tokenizer("web-bpe4k")
+    cfg = tiny_cfg(data_dir, "x", method=method, Lc=128, Lt=1024, passkey_share=1.0)
+    data, rng = prepare.TokenDataset(data_dir, "train"), np.random.default_rng(0)
+    for _ in range(20):
+        tokens, pos = pose.sample(data.doc(0), cfg.Lc, cfg.Lt, method, cfg.num_chunks, rng=rng)
+        state = rng.bit_generator.state
+        row, p = T.passkey_row(tokens, pos, tok, cfg, rng)
+        rng.bit_generator.state = state
+        example, prompt = passkey_example(tok, len(tokens), rng)  # the same draws: the row's own prompt
+        assert np.array_equal(row[:len(example)], example) and len(row) == len(tokens)
+        assert np.array_equal(row[len(example):], tokens[:len(tokens) - len(example)])
+        if method != "pose":
+            assert np.array_equal(p, pos)
+            continue
+        jumps = np.flatnonzero(np.diff(p) > 1) + 1  # where a skip lands
+        assert (np.diff(p) > 0).all() and p[0] == 0 and p[-1] < cfg.Lt
+        assert len(jumps) <= 1 and (len(jumps) == 0 or prompt.key_end <= jumps[0] <= prompt.question_at)
 
 
 def test_passkey_share_needs_room_for_the_template(data_dir):
