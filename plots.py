@@ -93,6 +93,21 @@ def plot_passkey(acc, path, title="Passkey retrieval"):
     _save(fig, path)
 
 
+def plot_passkey_beyond(beyond, path, Lc):
+    """beyond {model: {length: accuracy on keys farther back than Lc, or None}} -> one line per model."""
+    fig = Figure(figsize=SIZE)
+    ax = fig.subplots()
+    lengths = sorted({int(L) for curve in beyond.values() for L, a in curve.items() if a is not None})
+    for k, (name, curve) in enumerate(beyond.items()):
+        xs = [L for L in lengths if curve.get(L) is not None]
+        ax.plot(xs, [100 * curve[L] for L in xs], "o-", label=name, color=f"C{k % 10}", ls="-" if k < 10 else "--")
+    _log2_lengths(ax, lengths)
+    ax.set(xlabel="prompt length (tokens)", ylabel="keys retrieved (%)", ylim=(-3, 103),
+           title=f"Passkey retrieval, keys farther back than Lc = {Lc}")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    _save(fig, path)
+
+
 def read_log(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -1,16 +1,20 @@
-"""reproduce.py: the paper's Table 1 in miniature, on CPU: one tiny pretrained base extended 8x (128 -> 1024 tokens)
-by Full-length, RandPos and PoSE variants with equal steps and batch, then perplexity and passkey at Lc .. 8·Lc.
+"""reproduce.py: the paper's comparison in miniature, on CPU: one tiny pretrained base extended 8x (128 -> 1024
+tokens) by PoSE variants, RandPos and Full-length with equal steps and rows, beside the base itself and plain
+fine-tuning; then perplexity (the paper's sliding window), loss at every position, and passkey retrieval.
 
-    python reproduce.py                 # the whole comparison, about 25 minutes on 2 cores
-    python reproduce.py --quick=true    # the same comparison with fewer steps, tokens and trials, about 5 minutes
-    python reproduce.py --pretrain=true # first remake the shipped base (models/tiny_base) from scratch, +30 min
+    python reproduce.py                 # the whole comparison, about 30 minutes on 2 cores
+    python reproduce.py --quick=true    # fewer runs, steps, tokens and trials: about 4 minutes
+    python reproduce.py --pretrain=true # first remake the shipped base (models/tiny_base) from scratch, +25 min
 
-Each fine-tuning run is `python train.py configs/tiny_pose.toml --key=value ...` in its own process (so its peak
-memory is its own); the commands are printed. Results: results/{ppl,passkey}.{json,md}, results/table.md,
-results/checks.md (the paper's claims, each with the measured numbers and PASS/FAIL), and plots/.
+Every run continues the base's own training mixture -- the books, with half of the rows a synthetic passkey prompt
+(configs/tiny_pose.toml) -- as the paper continues LLaMA on The Pile. Each run is `python train.py
+configs/tiny_pose.toml --key=value ...` in its own process (so its peak memory is its own); the commands are
+printed. Results: results/{ppl,passkey,position_loss}.json and .md, results/table.md, results/checks.md (the
+paper's claims, each with its numbers and PASS/FAIL), plots/, and the README's results section.
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,29 +31,37 @@ import train as T
 from config import parse_config
 
 Lc, Lt = 128, 1024
-RUNS = {  # name -> overrides of configs/tiny_pose.toml (PoSE, linear interpolation, N = 2)
+RUNS = {  # name -> overrides of configs/tiny_pose.toml (the headline PoSE run: N = 2, its RoPE scaling)
+    "plain": {"method": "plain", "rope_type": "none"},  # the control: Lc windows, no RoPE scaling
     "pose": {},
-    "pose_n1": {"num_chunks": 1},       # N = 1: position interpolation fine-tuned on plain 128-token windows
-    "pose_n3": {"num_chunks": 3},
-    "pose_ntk": {"rope_type": "ntk"},
-    "pose_yarn": {"rope_type": "yarn"},
+    "pose_linear": {"rope_type": "linear"},             # position interpolation
+    "pose_ntk": {"rope_type": "ntk"},                   # fixed NTK-aware scaling
+    "pose_yarn": {"rope_type": "yarn_pose"},            # the paper's PoSE-YaRN (the official code's revised YaRN)
+    "pose_none": {"rope_type": "none"},                 # the ablation: skipped positions, no interpolation
     "randpos": {"method": "randpos"},
-    "full": {"method": "full"},         # trains on 1024-token windows: 8x the tokens of every other run
+    "full": {"method": "full"},                         # 1024-token windows: 8x the tokens of every other run
 }
+QUICK = ("plain", "pose", "randpos", "full")
+MARKS = ("<!-- results: written by reproduce.py -->", "<!-- /results -->")
 
 
 @dataclass
 class ReproConfig:
     base: str = "models/tiny_base"   # the shipped pretrained base, a Hugging Face directory
-    pretrain: bool = False           # remake the base with configs/tiny_pretrain.toml first
-    quick: bool = False
-    steps: int = 200                 # fine-tuning steps of every run (quick: 50)
-    batch_size: int = 16             # rows per step of every run (quick: 8)
-    eval_tokens: int = 16384         # perplexity on the first eval_tokens tokens of each held-out book (quick: 4096)
-    passkey_trials: int = 10         # per (length, depth) (quick: 4)
-    runs_dir: str = "out/repro"
-    out: str = "results"
-    plots: str = "plots"
+    pretrain: bool = False           # remake the base with configs/tiny_pretrain*.toml first
+    quick: bool = False              # the runs in QUICK, and the quick_* settings below
+    steps: int = 200                 # fine-tuning steps of every run
+    batch_size: int = 16             # rows per step of every run
+    eval_tokens: int = 8192          # perplexity on the first eval_tokens tokens of each held-out book
+    passkey_trials: int = 10         # per (length, depth)
+    quick_steps: int = 60            # --quick=true: steps
+    quick_batch_size: int = 8        # ... rows
+    quick_eval_tokens: int = 2048    # ... tokens per book
+    quick_passkey_trials: int = 4    # ... trials
+    runs_dir: str = "out/repro"      # the runs' checkpoints and logs
+    out: str = "results"             # tables and JSON
+    plots: str = "plots"             # figures
+    readme: str = "README.md"        # whose results section (between its markers) is rewritten
 
 
 def run(cmd):
@@ -58,106 +70,135 @@ def run(cmd):
 
 
 def make_base(cfg):
-    """Pretrain in two stages (text with a quarter of passkey rows, then half) and ship the result in bfloat16
-    (8 MB), as LLaMA is shipped."""
+    """Pretrain in two stages (a quarter, then half of the rows passkey prompts) and ship the result in bfloat16
+    (8 MB), as LLaMA is shipped, with its tokenizer."""
     for stage in ("tiny_pretrain", "tiny_pretrain_passkey"):
         out_dir = parse_config(T.TrainConfig, [f"configs/{stage}.toml"]).out_dir
         shutil.rmtree(out_dir, ignore_errors=True)
         run([sys.executable, "train.py", f"configs/{stage}.toml"])
-    C.save_pretrained(C.from_pretrained(os.path.join(out_dir, "final")), cfg.base, dtype=torch.bfloat16)
+    final = os.path.join(out_dir, "final")
+    tok = [os.path.join(final, f) for f in os.listdir(final) if f.endswith(".tiktoken")]
+    C.save_pretrained(C.from_pretrained(final), cfg.base, dtype=torch.bfloat16, tokenizer_files=tok)
 
 
-def interpolated_base(cfg, path):
-    """The base with linear position interpolation (s = 8) and no fine-tuning: the paper's 'PI' row."""
-    base = C.from_pretrained(cfg.base)
-    base.cfg = T.extend_context(base.cfg, T.TrainConfig(Lc=Lc, Lt=Lt, rope_type="linear"))
-    C.save_pretrained(base, path)
-
-
-def step_costs(runs_dir):
-    """Per run: median seconds per step and peak resident memory, from its own train log."""
+def step_costs(runs_dir, names):
+    """Per run: median tokens/s and its process's peak memory (VmHWM), from its own train log."""
     out = {}
-    for name in RUNS:
-        rows = [json.loads(line) for line in open(os.path.join(runs_dir, name, "log.jsonl"))]
-        cfg = json.load(open(os.path.join(runs_dir, name, "final", "config.json")))
-        train_rows = [r for r in rows if "tok_s" in r]
-        out[name] = {"tok_s": float(np.median([r["tok_s"] for r in train_rows])),
-                     "mem_gib": max(r["mem_gib"] for r in train_rows), "max_len": cfg["max_position_embeddings"]}
+    for name in names:
+        rows = [r for r in plots.read_log(os.path.join(runs_dir, name, "log.jsonl")) if "tok_s" in r]
+        out[name] = {"tok_s": float(np.median([r["tok_s"] for r in rows])), "mem_gib": max(r["mem_gib"] for r in rows)}
     return out
 
 
-def checks(ppl, keys, costs):
-    """The shape the paper reports, each claim with the numbers measured here."""
-    p = {n: {int(L): v["ppl"] for L, v in r["ppl"].items()} for n, r in ppl.items()}
-    acc = {n: {int(L): float(np.mean(list(a.values()))) for L, a in r.items()} for n, r in keys.items()}
-    longest, beyond = 8 * Lc, [L for L in p["pose"] if L > Lc]
+def summary(ppl, keys, distance):
+    """{model: {"ppl": {L: ppl}, "beyond": {L: passkey accuracy on keys farther back than Lc}}}."""
+    out = {}
+    for name, r in ppl.items():
+        acc = {int(L): {float(d): a for d, a in cells.items()} for L, cells in keys[name].items()}
+        dist = {int(L): {float(d): v for d, v in cells.items()} for L, cells in distance.items()}
+        out[name] = {"ppl": {int(L): v["ppl"] for L, v in r["ppl"].items()},
+                     "beyond": {L: E.beyond(acc, dist, Lc, L) for L in acc}}
+    return out
+
+
+def checks(s, costs):
+    """The paper's claims, each a row (claim, PASS/FAIL, the numbers), as they can be checked at this scale."""
+    p = {n: v["ppl"] for n, v in s.items()}
+    far = {n: v["beyond"][Lt] for n, v in s.items()}
+    at = f"8·Lc = {Lt}"
     rows = [
-        ("No extension: ppl at 8·Lc ≥ 10× ppl at Lc", p["base"][longest] >= 10 * p["base"][Lc],
-         f"{p['base'][longest]:.1f} vs {p['base'][Lc]:.1f}"),
-        ("PoSE (linear, N=2) at 8·Lc ≤ 1.05× Full-length", p["pose"][longest] <= 1.05 * p["full"][longest],
-         f"{p['pose'][longest]:.2f} vs {p['full'][longest]:.2f}"),
+        ("No extension (the base) degrades past Lc: ppl at 8·Lc ≥ 1.5× its ppl at Lc",
+         p["base"][Lt] >= 1.5 * p["base"][Lc], f"{p['base'][Lt]:.1f} vs {p['base'][Lc]:.1f}"),
+        ("Plain fine-tuning (Lc windows, no RoPE scaling) stays broken: ppl at 8·Lc ≥ 1.5× at Lc",
+         p["plain"][Lt] >= 1.5 * p["plain"][Lc], f"{p['plain'][Lt]:.1f} vs {p['plain'][Lc]:.1f}"),
+        ("PoSE at 8·Lc ≤ 1.05× Full-length", p["pose"][Lt] <= 1.05 * p["full"][Lt],
+         f"{p['pose'][Lt]:.2f} vs {p['full'][Lt]:.2f} ({p['pose'][Lt] / p['full'][Lt]:.3f}×)"),
+        ("PoSE uses the longer context: its ppl at 8·Lc ≤ at Lc", p["pose"][Lt] <= p["pose"][Lc],
+         f"{p['pose'][Lt]:.2f} vs {p['pose'][Lc]:.2f}"),
         ("RandPos worse than PoSE at every length", all(p["randpos"][L] > p["pose"][L] for L in p["pose"]),
          ", ".join(f"{L}: {p['randpos'][L]:.1f}/{p['pose'][L]:.1f}" for L in p["pose"])),
-        ("N = 1 explodes past Lc like no extension (ppl at 8·Lc ≥ 10× at Lc)",
-         p["pose_n1"][longest] >= 10 * p["pose_n1"][Lc], f"{p['pose_n1'][longest]:.1f} vs {p['pose_n1'][Lc]:.1f}"),
-        ("Passkey: PoSE ≥ 90% up to 8·Lc", all(acc["pose"][L] >= 0.9 for L in acc["pose"]),
-         ", ".join(f"{L}: {a:.0%}" for L, a in acc["pose"].items())),
-        ("Passkey: no extension ≤ 10% beyond Lc", all(acc["base"][L] <= 0.1 for L in beyond),
-         ", ".join(f"{L}: {acc['base'][L]:.0%}" for L in beyond)),
+        (f"Passkey: PoSE ≥ 90% at {at} on keys farther back than Lc", far["pose"] >= 0.9,
+         f"{far['pose']:.0%} (Full-length {far['full']:.0%})"),
+        (f"Passkey: the base and plain fine-tuning ≤ 10% there", far["base"] <= 0.1 and far["plain"] <= 0.1,
+         f"base {far['base']:.0%}, plain {far['plain']:.0%}"),
         ("PoSE trains with less memory than Full-length", costs["pose"]["mem_gib"] < costs["full"]["mem_gib"],
-         f"peak RSS {costs['pose']['mem_gib']:.2f} vs {costs['full']['mem_gib']:.2f} GiB"),
+         f"peak RSS {costs['pose']['mem_gib']:.2f} vs {costs['full']['mem_gib']:.2f} GiB (each its own process)"),
     ]
     return E.markdown(["claim (paper)", "here", "measured"],
                       [[claim, "PASS" if ok else "FAIL", numbers] for claim, ok, numbers in rows])
 
 
-def table(ppl, keys, costs, lengths):
-    """One row per model: perplexity per length, mean passkey accuracy per length, and its run's training costs."""
-    header = (["model"] + [f"ppl @{L}" for L in lengths]
-              + ["passkey @" + "/".join(map(str, lengths)) + " (mean over depths)", "train tok/s", "peak RSS GiB"])
+def table(s, costs, lengths):
+    """One row per model: perplexity per length, passkey on keys farther than Lc per length, training costs."""
+    beyond = [L for L in lengths if L > Lc]
+    header = ([f"ppl @{L}" for L in lengths] + ["passkey beyond Lc @" + "/".join(map(str, beyond)),
+                                                 "train tok/s", "peak RSS GiB"])
     rows = []
-    for name in ppl:
-        cells = [f"{v['ppl']:.2f}" if v["ppl"] < 1e4 else f"{v['ppl']:.1e}" for v in ppl[name]["ppl"].values()]
-        cells.append(" / ".join(f"{np.mean(list(a.values())):.0%}" for a in keys[name].values()))
+    for name, v in s.items():
+        cells = [f"{v['ppl'][L]:.2f}" if v["ppl"][L] < 1e4 else f"{v['ppl'][L]:.1e}" for L in lengths]
+        cells.append(" / ".join(f"{v['beyond'][L]:.0%}" for L in beyond))
         cost = costs.get(name)
         cells += [f"{cost['tok_s']:,.0f}", f"{cost['mem_gib']:.2f}"] if cost else ["–", "–"]
         rows.append([name] + cells)
-    return E.markdown(header, rows)
+    return E.markdown(["model"] + header, rows)
+
+
+def write_readme(path, section):
+    """Replace what lies between the README's result markers with `section`."""
+    with open(path) as f:
+        text = f.read()
+    start, end = (re.escape(m) for m in MARKS)
+    if not re.search(f"{start}.*{end}", text, flags=re.S):
+        raise ValueError(f"{path}: no {MARKS[0]} ... {MARKS[1]} section to write the results into")
+    with open(path, "w") as f:
+        f.write(re.sub(f"{start}.*{end}", lambda _: f"{MARKS[0]}\n{section}{MARKS[1]}", text, flags=re.S))
 
 
 def main(cfg):
     if cfg.quick:
-        cfg.steps, cfg.batch_size, cfg.eval_tokens, cfg.passkey_trials = 50, 8, 4096, 4
+        cfg.steps, cfg.batch_size = cfg.quick_steps, cfg.quick_batch_size
+        cfg.eval_tokens, cfg.passkey_trials = cfg.quick_eval_tokens, cfg.quick_passkey_trials
+    runs = {n: o for n, o in RUNS.items() if n in QUICK or not cfg.quick}
     t0 = time.time()
     if not os.path.exists("data/tok/web-bpe4k/train.bin"):
         run([sys.executable, "prepare.py"])
     if cfg.pretrain or not os.path.exists(os.path.join(cfg.base, "model.safetensors")):
         make_base(cfg)
-    interpolated_base(cfg, os.path.join(cfg.runs_dir, "pi", "final"))
-    for name, overrides in RUNS.items():
+    for name, overrides in runs.items():
         args = {"init_from": cfg.base, "max_steps": cfg.steps, "batch_size": cfg.batch_size,
                 "out_dir": os.path.join(cfg.runs_dir, name), "eval_interval": 0, "ckpt_interval": 0} | overrides
         shutil.rmtree(args["out_dir"], ignore_errors=True)
         run([sys.executable, "train.py", "configs/tiny_pose.toml", *(f"--{k}={v}" for k, v in args.items())])
-    models = {"base": cfg.base, "pi": os.path.join(cfg.runs_dir, "pi", "final")} | {
-        name: os.path.join(cfg.runs_dir, name, "final") for name in RUNS}
+    t_train = time.time() - t0
+    models = {"base": cfg.base} | {name: os.path.join(cfg.runs_dir, name, "final") for name in runs}
     lengths = [Lc * k for k in (1, 2, 4, 8)]
     ecfg = E.EvalConfig(models=",".join(f"{n}={p}" for n, p in models.items()), lengths=",".join(map(str, lengths)),
-                        max_tokens=cfg.eval_tokens, passkey_trials=cfg.passkey_trials, out=cfg.out,
-                        plots=cfg.plots)
+                        stride=Lc, max_tokens=cfg.eval_tokens, passkey_trials=cfg.passkey_trials, position_len=Lt,
+                        out=cfg.out, plots=cfg.plots)
     ppl, keys = E.evaluate_models(ecfg)
-    costs = step_costs(cfg.runs_dir)
-    results, claims = table(ppl, keys, costs, lengths), checks(ppl, keys, costs)
-    note = (f"{cfg.steps} steps × {cfg.batch_size} rows for every run, Lc = {Lc} → Lt = {Lt}; perplexity on the first "
-            f"{cfg.eval_tokens} tokens of each held-out book; passkey {cfg.passkey_trials} trials per (length, depth).")
+    distance = json.load(open(os.path.join(cfg.out, "passkey.json")))["distance"]
+    s, costs = summary(ppl, keys, distance), step_costs(cfg.runs_dir, runs)
+    results, claims = table(s, costs, lengths), checks(s, costs)
+    minutes = (time.time() - t0) / 60
+    note = (f"{cfg.steps} steps × {cfg.batch_size} rows for every run, Lc = {Lc} → Lt = {Lt}; perplexity with the "
+            f"paper's sliding window (stride Lc = {Lc}: every scored token has at least ctx − {Lc} tokens before it) "
+            f"on the first {cfg.eval_tokens} tokens of each held-out book; passkey {cfg.passkey_trials} trials per "
+            f"(length, depth), greedy, counted on keys farther back than Lc; `python reproduce.py"
+            f"{' --quick=true' if cfg.quick else ''}`, {minutes:.1f} min on this machine ({t_train / 60:.1f} of "
+            "them training).")
     with open(os.path.join(cfg.out, "table.md"), "w") as f:
         f.write(note + "\n\n" + results)
     with open(os.path.join(cfg.out, "checks.md"), "w") as f:
         f.write(claims)
     with open(os.path.join(cfg.out, "costs.json"), "w") as f:
         json.dump(costs, f, indent=1)
-    plots.plot_training({name: plots.read_log(os.path.join(cfg.runs_dir, name, "log.jsonl")) for name in RUNS},
+    plots.plot_passkey_beyond({n: v["beyond"] for n, v in s.items()}, os.path.join(cfg.plots, "passkey.png"), Lc)
+    plots.plot_training({name: plots.read_log(os.path.join(cfg.runs_dir, name, "log.jsonl")) for name in runs},
                         os.path.join(cfg.plots, "training.png"))
+    write_readme(cfg.readme, "\n".join([
+        note, "", "![loss at every position](plots/position_loss.png)", "", results,
+        "![passkey beyond Lc](plots/passkey.png) ![perplexity](plots/ppl.png)", "",
+        "The paper's claims, checked against these numbers (`results/checks.md`):", "", claims]))
     print(results)
     print(claims)
     print(f"reproduce.py: {(time.time() - t0) / 60:.1f} min")

@@ -60,6 +60,9 @@ class TrainConfig:
     rope_type: str = "keep"     # RoPE scaling set now: keep (as loaded) | none | linear | ntk | dynamic | yarn |
                                 # yarn_pose (the official PoSE code's revised YaRN) | llama3
     rope_factor: float = 0.0    # s; 0: Lt / L0
+    yarn_beta_fast: float = 32.0  # yarn, yarn_pose: dims turning more than this many times over L0 keep their
+                                  # frequency, those under yarn_beta_slow are divided by s (YaRN's 32 and 1)
+    yarn_beta_slow: float = 1.0   # (see yarn_beta_fast)
     # optimisation
     batch_size: int = 16        # rows per process per micro-step
     grad_accum: int = 1         # micro-steps per optimizer step
@@ -199,6 +202,8 @@ def extend_context(mcfg, cfg):
         rs = {"rope_type": cfg.rope_type} | rs
         if cfg.rope_type not in ("linear", "ntk"):
             rs["original_max_position_embeddings"] = L0
+        if cfg.rope_type in ("yarn", "yarn_pose"):
+            rs |= {"beta_fast": cfg.yarn_beta_fast, "beta_slow": cfg.yarn_beta_slow}
     return M.ModelConfig(**(asdict(mcfg) | {"rope_scaling": rs, "max_seq_len": max(cfg.Lt, L0)}))
 
 
