@@ -673,7 +673,8 @@ def main(bc, command):
     device = setup(bc)
     parts = bc.parts.split(",")
     runs = {"a": lambda: bench_vs_transformers(bc, device), "b": lambda: bench_pose_vs_full(bc, device),
-            "c": lambda: bench_eval_memory(bc), "d": lambda: bench_loss(bc, device), "gpu": lambda: bench_gpu(bc, device)}
+            "c": lambda: bench_eval_memory(bc), "d": lambda: bench_loss(bc, device),
+            "gpu": lambda: bench_gpu(bc, device)}
     unknown = set(parts) - set(runs)
     if unknown:
         sys.exit(f"error: unknown part(s) {', '.join(sorted(unknown))}; expected some of {', '.join(runs)}")

@@ -10,7 +10,6 @@ Face weights need the key map below and no permutation. Pickled weights are read
 which refuses anything but tensors, so a checkpoint cannot run code.
 """
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -300,10 +299,10 @@ def save_pretrained(model, path, state_dict=None, dtype=None, tokenizer_files=()
     for name, write in files:
         fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
         os.close(fd)
+        write(tmp)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from everyone else
-        write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # after writing (safetensors makes its file anew): mkstemp's 0600 would hide it
         fd = os.open(tmp, os.O_RDONLY)  # on disk before the rename: a power cut leaves the old file or the new one
         os.fsync(fd)
         os.close(fd)

@@ -130,9 +130,9 @@ def get_batch(data, cfg, rng, rows, tok=None):
     """`rows` training windows: (x, pos, y), each (rows, T - 1) int64, x/pos the input and y the next tokens.
 
     Each window is cut by pose.sample from a random document (drawn in proportion to its length) that holds the
-    window: from the document's first 5·Lc tokens (Lt for full), as the official code, so that chunk 0 starts with
-    the document's BOS at position 0 (start="doc"); or, with start="random", from a stretch at a random offset that
-    the document's BOS is put in front of (pretraining, where a document's start is too little text).
+    window: from the document's first tokens -- 5·Lc for PoSE, as the official code, Lt for full, Lc for the others
+    -- so that chunk 0 starts with the document's BOS at position 0 (start="doc"); or, with start="random", from as
+    many tokens at a random offset, with the document's BOS put in front (where documents' starts are little text).
     With passkey_share, that share of rows begins with a synthetic passkey prompt and its answer (tokenizer `tok`),
     at the window's positions -- under PoSE with the skip between the key and the question (see passkey_row)."""
     need = cfg.Lt if cfg.method == "full" or cfg.text == "aligned" else cfg.Lc
@@ -140,7 +140,7 @@ def get_batch(data, cfg, rng, rows, tok=None):
     if len(docs) == 0:
         raise ValueError(f"no document in {cfg.data_dir} has the {need} tokens a {cfg.method} window needs")
     weights = data.lengths[docs] / data.lengths[docs].sum()
-    span = max(pose.DOC_CAP * cfg.Lc, need)
+    span = max(pose.DOC_CAP * cfg.Lc, need) if cfg.method == "pose" else window_len(cfg)  # what a window reads
     xs, ps = [], []
     for d in rng.choice(docs, size=rows, p=weights):
         doc = data.doc(d)
@@ -196,8 +196,9 @@ def extend_context(mcfg, cfg):
     if cfg.rope_type != "none" and factor <= 1:
         raise ValueError(f"Lt={cfg.Lt} is within the length the model was pretrained at (L0={L0}): there is nothing "
                          "to extend (rope_type=keep or none), or set rope_factor")
-    rs = {"none": None, "linear": {"factor": factor}, "ntk": {"alpha": factor},
-          "llama3": {"factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0}}.get(cfg.rope_type, {"factor": factor})
+    rs = {"none": None, "ntk": {"alpha": factor},
+          "llama3": {"factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0}}.get(cfg.rope_type,
+                                                                                              {"factor": factor})
     if rs is not None:
         rs = {"rope_type": cfg.rope_type} | rs
         if cfg.rope_type not in ("linear", "ntk"):
@@ -239,9 +240,9 @@ def add_lora(model, cfg):
             p.data = p.data.float()  # in place: a tied embedding stays one parameter
 
 
-def merge_lora(sd, scale):
-    """A full state dict with LoRA adapters -> the plain LLaMA one, each B·A·scale folded into its weight."""
-    out = {}
+def merge_lora(sd, cfg):
+    """A full state dict with LoRA adapters -> the plain LLaMA one, each B·A·(alpha / rank) folded into its weight."""
+    scale, out = cfg.lora_alpha / max(cfg.lora_rank, 1), {}
     for k, v in sd.items():
         if k.endswith(".base.weight"):
             stem = k[:-len(".base.weight")]
@@ -288,7 +289,7 @@ def save_model(model, cfg, path, tok_files=()):
     """The model, adapters merged, as a Hugging Face directory with its tokenizer (every rank must call it)."""
     sd, _ = full_state(model)
     if not dist.is_initialized() or dist.get_rank() == 0:
-        save_pretrained(raw_model(model), path, merge_lora(sd, cfg.lora_alpha / max(cfg.lora_rank, 1)), None, tok_files)
+        save_pretrained(raw_model(model), path, merge_lora(sd, cfg), tokenizer_files=tok_files)
 
 
 def save_checkpoint(model, optimizer, scaler, step, rng, cfg, base_from, tok_files=()):
@@ -301,7 +302,7 @@ def save_checkpoint(model, optimizer, scaler, step, rng, cfg, base_from, tok_fil
     name = f"ckpt_{step:07d}"
     tmp = os.path.join(cfg.out_dir, f".{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(raw_model(model), tmp, merge_lora(model_sd, cfg.lora_alpha / max(cfg.lora_rank, 1)), None, tok_files)
+    save_pretrained(raw_model(model), tmp, merge_lora(model_sd, cfg), tokenizer_files=tok_files)
     trained = {k for k, p in raw_model(model).named_parameters() if p.requires_grad}
     with open(os.path.join(tmp, "train_state.pt"), "wb") as f:
         torch.save({"trained": {k: v for k, v in model_sd.items() if k in trained} if cfg.lora_rank else {},

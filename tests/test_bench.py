@@ -2,19 +2,13 @@
 import json
 
 import pytest
-import torch
 
 import bench as B
 
 pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_gpu_check_and_loss_comparison_at_toy_size(tmp_path):

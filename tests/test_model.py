@@ -1,6 +1,7 @@
 """model.py held against transformers' LlamaForCausalLM, and its own invariants (positions, cache, loss, I/O)."""
 import json
 import math
+import os
 import pickle
 
 import pytest
@@ -91,6 +92,9 @@ def test_save_pretrained_runs_in_transformers(kind, tmp_path):
     rs = rs[kind] if kind in rs else ROPES[kind][0]
     ours = tiny(rope_scaling=rs, max_seq_len=L0 if kind in ("none", "dynamic") else 4 * L0)
     C.save_pretrained(ours, tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(f.stat().st_mode & 0o777 == 0o666 & ~umask for f in tmp_path.iterdir())  # as any file, not 0600
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
     idx = tokens()
     with torch.no_grad():

@@ -33,8 +33,9 @@ def real(tmp_path_factory):
     tok = tokenizers.Tokenizer(tokenizers.models.BPE())
     tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = tokenizers.decoders.ByteLevel()
-    tok.train_from_iterator(texts, tokenizers.trainers.BpeTrainer(
-        vocab_size=512, special_tokens=["<s>", "</s>"], initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
+    alphabet = tokenizers.pre_tokenizers.ByteLevel.alphabet()
+    tok.train_from_iterator(texts, tokenizers.trainers.BpeTrainer(vocab_size=512, special_tokens=["<s>", "</s>"],
+                                                                  initial_alphabet=alphabet))
     model_dir = root / "base"
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -23,17 +23,11 @@ from tokenizer import load_tokenizer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TINY = ["--dim=64", "--n_layers=2", "--n_heads=4", "--n_kv_heads=2", "--Lc=32", "--Lt=128", "--method=pose",
-        "--rope_type=linear", "--batch_size=4", "--warmup_steps=2", "--eval_interval=0", "--eval_docs=2", "--eval_tokens=256",
-        "--log_interval=1", "--device=cpu"]
+        "--rope_type=linear", "--batch_size=4", "--warmup_steps=2", "--eval_interval=0", "--eval_docs=2",
+        "--eval_tokens=256", "--log_interval=1", "--device=cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread, as the subprocesses get: on a busy 2-core machine two threads mostly wait on each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Evil:
@@ -236,7 +230,8 @@ CASES = {
     "missing config file": (TRAIN + ["{ws}/nope.toml"],
                             r"error: {ws}/nope.toml: No such file or directory \(a .toml config file, or --key=value\)",
                             "{run}"),
-    "config file that is not TOML": (TRAIN + ["{ws}/bad.toml"], r"error: {ws}/bad.toml: not valid TOML \(.*\)", "{run}"),
+    "config file that is not TOML": (TRAIN + ["{ws}/bad.toml"], r"error: {ws}/bad.toml: not valid TOML \(.*\)",
+                                     "{run}"),
     "rope_type=longrope": (TRAIN + ["--rope_type=longrope"],
                            r"error: rope_type=longrope needs per-dimension factors, which only a checkpoint's config "
                            r"gives: .*", "{run}"),

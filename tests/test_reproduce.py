@@ -54,3 +54,10 @@ def test_the_readme_changes_only_between_its_markers(tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="no <!-- results"):
         R.write_readme(readme, "x")
+
+
+def test_a_run_without_full_length_marks_its_claims_not_run():
+    s = summary()
+    del s["full"]
+    v = verdicts(s, {"pose": COSTS["pose"]})
+    assert v[2] == v[7] == "not run" and v.count("not run") == 2 and v.count("PASS") == 6

@@ -1,5 +1,4 @@
 """Every tokenizer kind loads offline, round-trips text and gives the ids its reference gives."""
-import base64
 import importlib.util
 import os
 import shutil

@@ -1,7 +1,6 @@
 """train.py on a tiny model: every method runs, loss falls, resume is exact, DDP/FSDP match one process, LoRA."""
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -89,6 +88,16 @@ def test_every_window_starts_with_its_documents_bos(data_dir, method):
             n = min(8, jumps[0] + 1) if len(jumps) else 8  # tokens of chunk 0
             at_a_start = any(np.array_equal(row[:n], data.doc(i)[:n]) for i in range(len(data)))
             assert at_a_start == (start == "doc") or n == 1  # random: BOS, then a stretch from further in
+
+
+@pytest.mark.parametrize("method", ["plain", "full"])
+def test_random_start_windows_reach_the_end_of_a_document(tmp_path, method):
+    doc = "In the beginning God created the heavens and the earth. " * 6  # 79 tokens with BOS
+    prepare.write_split([("book", doc)], load_tokenizer("web-bpe4k"), tmp_path, "train")
+    data = prepare.TokenDataset(tmp_path, "train")
+    cfg = tiny_cfg(str(tmp_path), "x", method=method, Lc=32, Lt=64, start="random")
+    _, _, y = T.get_batch(data, cfg, np.random.default_rng(0), 400)
+    assert (y[:, -1] == data.doc(0)[-1]).any()  # some window ends where the document does: every token is read
 
 
 def test_loss_falls_on_a_fixed_batch(data_dir):
