@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data.make_corpus import EVAL_BOOKS, books
-from prepare import CORPUS, TokenDataset, read_documents, token_dtype, write_split
+from prepare import CORPUS, TokenDataset, pack_paragraphs, read_documents, token_dtype, write_split
 from tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,8 +123,24 @@ def test_prep_never_touches_the_network(monkeypatch, tmp_path):
 def test_cli_prepares_both_built_in_splits(tmp_path):
     out = subprocess.run([sys.executable, "prepare.py", f"--out={tmp_path}"], capture_output=True, text=True,
                          check=True, cwd=ROOT).stdout
-    assert "train: 61 documents" in out and "eval: 5 documents" in out
+    assert "train: 478 documents" in out and "eval: 5 documents" in out  # chapters packed to 1024+ tokens
     assert TokenDataset(tmp_path, "eval").meta["source"] == "data/web/eval.jsonl.gz"
+    train = TokenDataset(tmp_path, "train")
+    assert (train.lengths < 1024).sum() == 5  # five books are shorter than that whole
+    whole = subprocess.run([sys.executable, "prepare.py", f"--out={tmp_path / 'whole'}", "--pack=0"],
+                           capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert "train: 61 documents" in whole
     bad = subprocess.run([sys.executable, "prepare.py", f"--out={tmp_path}", "--min_len=100000"],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.splitlines()[-1].endswith("shorter than min_len=100000 tokens")
+
+
+def test_packing_keeps_every_chapter_in_order_and_makes_documents_of_n_tokens():
+    tok = load_tokenizer("web-bpe4k")
+    books = read_documents(CORPUS["train"])[:6]
+    packed = pack_paragraphs(books, tok, 1024)
+    for name, text in books:
+        parts = [t for n, t in packed if n.startswith(name + " (")]
+        assert "\n\n".join(parts) == text  # nothing lost, nothing reordered
+        sizes = [len(tok.encode(t)) + 1 for t in parts]
+        assert all(n >= 1024 for n in sizes) or len(parts) == 1
