@@ -31,11 +31,11 @@ import train as T
 from config import parse_config
 
 Lc, Lt = 128, 1024
-RUNS = {  # name -> overrides of configs/tiny_pose.toml (the headline PoSE run: N = 2, its RoPE scaling)
+RUNS = {  # name -> overrides of configs/tiny_pose.toml (the headline PoSE run: N = 2, PoSE-YaRN, beta_fast 4)
     "plain": {"method": "plain", "rope_type": "none"},  # the control: Lc windows, no RoPE scaling
     "pose": {},
     "pose_linear": {"rope_type": "linear"},             # position interpolation
-    "pose_yarn": {"rope_type": "yarn_pose"},            # the paper's PoSE-YaRN (the official code's revised YaRN)
+    "pose_yarn": {"yarn_beta_fast": 32.0},              # PoSE-YaRN with the paper's beta_fast (the headline uses 4)
     "pose_none": {"rope_type": "none"},                 # the ablation: skipped positions, no interpolation
     "randpos": {"method": "randpos"},
     "full": {"method": "full"},                         # 1024-token windows: 8x the tokens of every other run
