@@ -52,7 +52,7 @@ def plot_perplexity(ppl, path, marks=None, title="Perplexity vs evaluation lengt
     _save(fig, path)
 
 
-def plot_position_loss(curves, path, marks=None, windows=None, smooth=16):
+def plot_position_loss(curves, path, marks=None, windows=None, smooth=64):
     """curves {model: mean loss at positions 0 … L-1}, drawn as moving averages over `smooth` positions (the raw
     curves are noisy); marks {position: label} as dashed lines (Lc, Lt). A model that cannot use positions past
     its window rises after Lc; one that can stays flat or falls, as more context should make it."""
