@@ -237,7 +237,7 @@ def bench_vs_transformers(bc, device):
 def training_config(bc, method, Lt, device):
     """train.py's config for a run of `method` extending the tiny model from Lc to Lt."""
     tc = TrainConfig(data_dir=bc.data_dir, method=method, Lc=bc.Lc, Lt=Lt, batch_size=bc.b_batch,
-                     rope_type="linear", device=device)
+                     rope_type="linear" if Lt > bc.Lc else "none", device=device)  # Lt = Lc: nothing to extend
     check_config(tc)
     return tc
 

@@ -31,3 +31,19 @@ def test_gpu_check_and_loss_comparison_at_toy_size(tmp_path):
                          a_vocab=512, out=str(tmp_path), plots=str(tmp_path)), "again")
     assert "## gpu: toy" in (tmp_path / "bench.md").read_text()  # a later CPU run keeps the GPU table
 
+
+
+def test_pose_vs_full_steps_from_no_extension_up(tmp_path):
+    """Part (b) from Lt = Lc (nothing to extend: no RoPE scaling) to 2·Lc: PoSE's step reads Lc tokens at every Lt."""
+    import prepare
+    from tokenizer import load_tokenizer
+    prepare.write_split(prepare.read_documents([prepare.CORPUS["train"]])[:4], load_tokenizer("web-bpe4k"),
+                        str(tmp_path), "train")
+    bc = B.BenchConfig(parts="b", device="cpu", reps=1, warmup=0, b_factors="1,2", b_batch=1, data_dir=str(tmp_path),
+                       out=str(tmp_path), plots=str(tmp_path))
+    b = B.main(bc, "python bench.py --parts=b")["b"]
+    Lc = bc.Lc
+    assert [b[m][str(Lt)]["tokens"] for m in ("pose", "full") for Lt in (Lc, 2 * Lc)] == [Lc - 1, Lc - 1, Lc - 1,
+                                                                                          2 * Lc - 1]
+    assert all(r["mem_gib"] > 0 and r["step_s"] > 0 for m in ("pose", "full") for r in b[m].values() if "step_s" in r)
+    assert (tmp_path / "memory_time.png").exists() and "## (b)" in (tmp_path / "bench.md").read_text()
