@@ -2,9 +2,9 @@
 tokens) by PoSE variants, RandPos and Full-length with equal steps and rows, beside the base itself and plain
 fine-tuning; then perplexity (the paper's sliding window), loss at every position, and passkey retrieval.
 
-    python reproduce.py                 # the whole comparison, about 30 minutes on 2 cores
+    python reproduce.py                 # the whole comparison, about 34 minutes on 2 cores (Full-length 15 of them)
     python reproduce.py --quick=true    # fewer runs, steps, tokens and trials: about 4 minutes
-    python reproduce.py --pretrain=true # first remake the shipped base (models/tiny_base) from scratch, +25 min
+    python reproduce.py --pretrain=true # first remake the shipped base (models/tiny_base) from scratch, +30 min
 
 Every run continues the base's own training mixture -- the books, with half of the rows a synthetic passkey prompt
 (configs/tiny_pose.toml) -- as the paper continues LLaMA on The Pile. Each run is `python train.py
