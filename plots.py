@@ -100,7 +100,8 @@ def plot_passkey_beyond(beyond, path, Lc):
     lengths = sorted({int(L) for curve in beyond.values() for L, a in curve.items() if a is not None})
     for k, (name, curve) in enumerate(beyond.items()):
         xs = [L for L in lengths if curve.get(L) is not None]
-        ax.plot(xs, [100 * curve[L] for L in xs], marker="o", label=name, color=f"C{k % 10}", ls="-" if k < 10 else "--")
+        ax.plot(xs, [100 * curve[L] for L in xs], marker="o", label=name, color=f"C{k % 10}",
+                ls="-" if k < 10 else "--")
     _log2_lengths(ax, lengths)
     ax.set(xlabel="prompt length (tokens)", ylabel="keys retrieved (%)", ylim=(-3, 103),
            title=f"Passkey retrieval, keys farther back than Lc = {Lc}")
