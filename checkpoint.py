@@ -296,12 +296,12 @@ def save_pretrained(model, path, state_dict=None, dtype=None, tokenizer_files=()
     files = [("model.safetensors", lambda f: save_file(sd, f, metadata={"format": "pt"})),
              ("config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2)))]
     files += [(Path(t).name, lambda f, t=t: shutil.copyfile(t, f)) for t in tokenizer_files]
+    umask = os.umask(0)  # read it (the only way is to set it), then put it back
+    os.umask(umask)
     for name, write in files:
         fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
         os.close(fd)
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # after writing (safetensors makes its file anew): mkstemp's 0600 would hide it
         fd = os.open(tmp, os.O_RDONLY)  # on disk before the rename: a power cut leaves the old file or the new one
         os.fsync(fd)

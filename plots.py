@@ -23,6 +23,15 @@ def _log2_lengths(ax, lengths):
     ax.minorticks_off()
 
 
+def _marks(ax, marks, right_from):
+    """marks {x: label} as dashed vertical lines; a label at x >= right_from goes left of its line, inside the axes."""
+    for x, label in (marks or {}).items():
+        ax.axvline(int(x), color="gray", ls="--", lw=1)
+        right = int(x) >= right_from
+        ax.text(int(x), 0.98, f"{label} = {x} " if right else f" {label} = {x}", color="gray", va="top",
+                ha="right" if right else "left", transform=ax.get_xaxis_transform())
+
+
 def _save(fig, path):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.tight_layout()
@@ -37,11 +46,7 @@ def plot_perplexity(ppl, path, marks=None, title="Perplexity vs evaluation lengt
     for name, curve in ppl.items():
         xs = sorted(curve, key=int)
         ax.plot([int(L) for L in xs], [curve[L] for L in xs], "o-", label=name)
-    for x, label in (marks or {}).items():
-        ax.axvline(int(x), color="gray", ls="--", lw=1)
-        right = int(x) == max(lengths)  # the last mark's label goes left of its line, inside the axes
-        ax.text(int(x), 0.98, f"{label} = {x} " if right else f" {label} = {x}", color="gray", va="top",
-                ha="right" if right else "left", transform=ax.get_xaxis_transform())
+    _marks(ax, marks, max(lengths))
     values = [v for curve in ppl.values() for v in curve.values()]
     log = max(values) > 10 * min(values)  # a model past its window goes to 10^3 and beyond
     if log:
@@ -64,12 +69,8 @@ def plot_position_loss(curves, path, marks=None, windows=None, smooth=64):
         x = np.arange(len(loss))[smooth - 1:] - (smooth - 1) / 2  # each average drawn at the middle of its span
         ax.plot(x, np.convolve(loss, kernel, mode="valid"), lw=1.5, label=name, color=f"C{k % 10}",
                 ls="-" if k < 10 else "--")
-    for x, label in (marks or {}).items():
-        ax.axvline(int(x), color="gray", ls="--", lw=1)
-        right = int(x) >= max(map(len, curves.values())) - 1
-        ax.text(int(x), 0.98, f"{label} = {x} " if right else f" {label} = {x}", color="gray", va="top",
-                ha="right" if right else "left", transform=ax.get_xaxis_transform())
     L = max(map(len, curves.values()))
+    _marks(ax, marks, L - 1)
     ax.set(xlabel="position in the window (tokens)", ylabel=f"next-token loss (nats, mean over {smooth} positions)",
            title=f"Loss at each position of {windows or 'the'} held-out windows of {L} tokens", xlim=(0, L))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)

@@ -92,9 +92,9 @@ def step_costs(runs_dir, names):
 def summary(ppl, keys, distance):
     """{model: {"ppl": {L: ppl}, "beyond": {L: passkey accuracy on keys farther back than Lc}}}."""
     out = {}
+    dist = {int(L): {float(d): v for d, v in cells.items()} for L, cells in distance.items()}
     for name, r in ppl.items():
         acc = {int(L): {float(d): a for d, a in cells.items()} for L, cells in keys[name].items()}
-        dist = {int(L): {float(d): v for d, v in cells.items()} for L, cells in distance.items()}
         out[name] = {"ppl": {int(L): v["ppl"] for L, v in r["ppl"].items()},
                      "beyond": {L: E.beyond(acc, dist, Lc, L) for L in acc}}
     return out
