@@ -1,23 +1,29 @@
-"""checkpoint.py: LLaMA weights in and out -- Hugging Face and Meta checkpoints in, Hugging Face out.
+"""checkpoint.py: LLaMA weights in and out -- Hugging Face and Meta checkpoints in, Hugging Face out -- and the
+training checkpoints train.py resumes from (the same Hugging Face folder, plus train_state.pt).
 
     model = from_pretrained("models/tinyllama")          # config.json + safetensors / pytorch_model.bin, sharded or not
     model = from_pretrained("llama-2-7b", max_seq_len=4096)  # Meta: params.json + consolidated.NN.pth
     save_pretrained(model, "out/run/final")              # a folder transformers' LlamaForCausalLM loads unchanged
+    save_checkpoint(...); latest_checkpoint("out/run")   # out/run/ckpt_STEP, written whole or not at all
 
 model.py's names are Meta's (tok_embeddings, attention.wq, feed_forward.w1 ...), so Meta weights need no key map,
 only their q/k rows permuted once (Meta pairs head dims (2i, 2i+1) for RoPE, Hugging Face (i, i + hd/2)); Hugging
 Face weights need the key map below and no permutation. Pickled weights are read with torch's weights_only loader,
 which refuses anything but tensors, so a checkpoint cannot run code.
 """
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
-from model import ROPE_TYPES, LLaMA, ModelConfig, RoPE, llama_ffn_dim, rope_inv_freq
+from lora import merge_lora
+from model import ROPE_TYPES, LLaMA, ModelConfig, llama_ffn_dim, rope_inv_freq
 
 # What each RoPE scaling type reads, as transformers defines them ("ntk" and "yarn_pose" are this project's: fixed
 # NTK-aware scaling, and the official PoSE code's revised YaRN). A key outside this table is refused, never ignored:
@@ -136,12 +142,15 @@ def config_from_hf(c):
     for key, ok in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False), ("sliding_window", None)):
         if c.get(key, ok) != ok:
             raise ValueError(f"{key} = {c[key]!r} is not LLaMA's ({ok!r}) and not supported")
+    rs = normalize_rope_scaling(rs, max_len)
+    # L0: the scaling's own, else the top-level entry this project writes for every model it extends (plain RoPE
+    # or fixed NTK keep no scaling dict to hold it), else derived from the scaling (ModelConfig)
+    L0 = (rs or {}).get("original_max_position_embeddings") or c.get("original_max_position_embeddings")
     return ModelConfig(dim=c["hidden_size"], n_layers=c["num_hidden_layers"], n_heads=c["num_attention_heads"],
                        n_kv_heads=c.get("num_key_value_heads"), head_dim=c.get("head_dim"),
                        vocab_size=c["vocab_size"], hidden_dim=c["intermediate_size"],
-                       norm_eps=c.get("rms_norm_eps", 1e-6), rope_theta=theta,
-                       rope_scaling=normalize_rope_scaling(rs, max_len),
-                       max_seq_len=max_len, tie_embeddings=c.get("tie_word_embeddings", False))
+                       norm_eps=c.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling=rs,
+                       max_seq_len=max_len, L0=L0, tie_embeddings=c.get("tie_word_embeddings", False))
 
 
 def config_to_hf(cfg):
@@ -154,32 +163,79 @@ def config_to_hf(cfg):
         inv, att = rope_inv_freq(cfg)
         divisors = (1.0 / (inv * cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))).tolist()
         rs = {"rope_type": "longrope", "short_factor": divisors, "long_factor": divisors, "factor": rs["factor"],
-              "attention_factor": att, "original_max_position_embeddings": cfg.original_len}
+              "attention_factor": att, "original_max_position_embeddings": cfg.L0}
     return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
             "hidden_size": cfg.dim, "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
             "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size,
             "intermediate_size": cfg.hidden_dim, "rms_norm_eps": cfg.norm_eps, "rope_theta": theta,
             "rope_scaling": rs or None, "max_position_embeddings": max_len,
+            "original_max_position_embeddings": cfg.L0,  # L0 for every rope type (transformers reads it as YaRN's)
             "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False, "mlp_bias": False,
             "torch_dtype": "float32"}
 
 
+# config.json entries and the types they must have (bool is refused where a number is meant: JSON's true is not 4096)
+HF_TYPES = {"hidden_size": int, "num_hidden_layers": int, "num_attention_heads": int, "num_key_value_heads": int,
+            "head_dim": int, "vocab_size": int, "intermediate_size": int, "max_position_embeddings": int,
+            "original_max_position_embeddings": int, "rms_norm_eps": (int, float), "rope_theta": (int, float),
+            "tie_word_embeddings": bool, "rope_scaling": dict, "rope_parameters": dict}
+
+
+def read_json(path):
+    """A JSON object from `path`, or a ValueError naming the file."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason})") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object, got a {type(obj).__name__}")
+    return obj
+
+
+def check_hf_types(c):
+    """A ValueError naming the first entry of a config.json dict with the wrong type or a size that cannot be."""
+    for key, typ in HF_TYPES.items():
+        v = c.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, typ) or (typ is not bool and isinstance(v, bool)):
+            raise ValueError(f"{key} = {v!r}: expected {getattr(typ, '__name__', 'a number')}")
+        if typ is int and v < 1:
+            raise ValueError(f"{key} = {v}: expected a positive size")
+    heads, kv = c.get("num_attention_heads"), c.get("num_key_value_heads") or c.get("num_attention_heads")
+    if heads and kv and heads % kv:
+        raise ValueError(f"num_attention_heads = {heads} is not a multiple of num_key_value_heads = {kv}")
+    if heads and not c.get("head_dim") and c.get("hidden_size", 0) % (2 * heads):
+        raise ValueError(f"hidden_size = {c['hidden_size']} does not split into {heads} heads of an even size")
+
+
 def read_hf_config(path):
     """The ModelConfig of a Hugging Face folder, without reading its weights; errors name the file."""
-    path = Path(path)
+    path = Path(path) / "config.json"
+    c = read_json(path)
     try:
-        return config_from_hf(json.loads((path / "config.json").read_text()))
+        check_hf_types(c)
+        return config_from_hf(c)
     except KeyError as e:  # name the file: the message alone does not say which model it is
-        raise ValueError(f"{path / 'config.json'}: no {e} entry") from e
-    except ValueError as e:
-        raise ValueError(f"{path / 'config.json'}: {e}") from e
+        raise ValueError(f"{path}: no {e} entry") from e
+    except (ValueError, AssertionError) as e:
+        raise ValueError(f"{path}: {e}") from e
 
 
 def _read_hf(path):
     cfg = read_hf_config(path)
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (path / index).exists():
-            files = sorted(set(json.loads((path / index).read_text())["weight_map"].values()))
+            weight_map = read_json(path / index).get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(f, str) and "/" not in f
+                                                           for f in weight_map.values()):
+                raise ValueError(f"{path / index}: expected a 'weight_map' of tensor names to shard files in {path}")
+            files = sorted(set(weight_map.values()))
+            for f in files:
+                if not (path / f).is_file():
+                    raise FileNotFoundError(f"{path / index} names {f}, which is not in {path}")
             break
     else:
         files = [f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).exists()][:1]
@@ -198,11 +254,18 @@ def _read_hf(path):
 
 
 def _read_meta(path, max_seq_len):
-    p = json.loads((path / "params.json").read_text())
+    p = read_json(path / "params.json")
+    for key in ("dim", "n_layers", "n_heads"):
+        if not isinstance(p.get(key), int) or isinstance(p.get(key), bool) or p[key] < 1:
+            raise ValueError(f"{path / 'params.json'}: {key} = {p.get(key)!r}: expected a positive integer")
     shards = sorted(path.glob("consolidated.*.pth"))
     if not shards:
         raise FileNotFoundError(f"{path}: params.json but no consolidated.*.pth shards")
     parts = [load_tensors(s) for s in shards]
+    if "tok_embeddings.weight" not in parts[0]:
+        raise ValueError(f"{shards[0]}: no 'tok_embeddings.weight': not a Meta LLaMA shard")
+    if p["n_heads"] % p.get("n_kv_heads", p["n_heads"]):
+        raise ValueError(f"{path / 'params.json'}: n_heads = {p['n_heads']} is not a multiple of n_kv_heads")
     rs = None
     if p.get("use_scaled_rope"):  # Llama 3.1+: the llama3 frequency rule lives in Meta's code, not in params
         rs = {"rope_type": "llama3", "factor": p.get("rope_scaling_factor", 8.0), "low_freq_factor": 1.0,
@@ -262,7 +325,7 @@ def from_pretrained(path, max_seq_len=None, dtype=torch.float32):
     model.load_state_dict(sd, assign=True)
     if cfg.tie_embeddings:  # assign=True gave each name its own Parameter: tie them again, or training unties them
         model.output.weight = model.tok_embeddings.weight
-    model.rope = RoPE(cfg)  # the buffer was created on the meta device
+    model.cfg = cfg  # the RoPE again, now on the weights' device: the meta device's buffer holds no values
     return model.to(dtype)
 
 
@@ -307,3 +370,148 @@ def save_pretrained(model, path, state_dict=None, dtype=None, tokenizer_files=()
         os.fsync(fd)
         os.close(fd)
         os.replace(tmp, path / name)
+
+
+# ----------------------------------------------------------------------------- a run's folder and its checkpoints
+# A run owns its out_dir: a lock held for its life refuses a second process, a fresh run refuses a folder an earlier
+# run left files in, and everything is written into a temporary name created fresh inside out_dir and then renamed
+# into place -- never through a symbolic link, never half-written. Only finite weights are ever saved.
+RUN_FILES = ("final", "log.jsonl", "latest")  # besides ckpt_*: what marks a folder as an earlier run's
+
+
+_HELD = {}  # out_dir (real path) -> the file descriptor of its lock, held by this process
+
+
+def claim_run_folder(out_dir, resume):
+    """Lock out_dir for this process's life, or a ValueError naming the run that holds it; a fresh run (not resume)
+    into a folder with an earlier run's files is refused too."""
+    if os.path.islink(out_dir):
+        raise ValueError(f"{out_dir} is a symbolic link: a run writes only into a real folder")
+    earlier = sorted(n for n in (os.listdir(out_dir) if os.path.isdir(out_dir) else ())
+                     if n in RUN_FILES or n.startswith("ckpt_"))
+    if earlier and not resume:
+        raise ValueError(f"{out_dir} holds an earlier run ({', '.join(earlier)}); --init_from=resume continues it, "
+                         "or choose another out_dir")
+    os.makedirs(out_dir, exist_ok=True)
+    if os.path.realpath(out_dir) in _HELD:  # this process's own earlier run (one that raised): let it go
+        os.close(_HELD.pop(os.path.realpath(out_dir)))
+    fd = os.open(os.path.join(out_dir, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the kernel however the process ends
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ValueError(f"{out_dir} is in use by another run (pid {holder}); wait for it, or choose another "
+                         "out_dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _HELD[os.path.realpath(out_dir)] = fd
+    for name in os.listdir(out_dir):  # half-written temporaries of a run that was killed: only the lock's holder
+        if name.startswith((".ckpt_", ".final.", ".latest.")):  # writes them, and that is now this process
+            _remove(os.path.join(out_dir, name))
+
+
+def open_log(out_dir, resume):
+    """out_dir/log.jsonl for appending (resume) or as a new file, never through a symbolic link."""
+    path = os.path.join(out_dir, "log.jsonl")
+    if os.path.islink(path):
+        raise ValueError(f"{path} is a symbolic link: a run writes only into its own files")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if resume else os.O_TRUNC)
+    return os.fdopen(os.open(path, flags, 0o644), "w")
+
+
+def latest_checkpoint(out_dir):
+    """The folder out_dir/latest names (the last checkpoint whose every file was on disk), or None."""
+    try:
+        with open(os.path.join(out_dir, "latest")) as f:
+            return os.path.join(out_dir, f.read().strip())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _replace(tmp, path):
+    """Move the finished tmp (a file or folder) to path, removing what was there (a link itself, not its target)."""
+    _remove(path)
+    os.replace(tmp, path)
+
+
+def _write_atomic(path, text):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def raw_model(model):
+    """The LLaMA inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def weights_finite(model):
+    """True if every weight is finite, on every rank (a collective under torchrun)."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]  # FSDP2: this rank's shard
+    ok = torch.tensor(float(all(bool(torch.isfinite(p).all()) for p in local)), device=local[0].device)
+    if dist.is_initialized():
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok)
+
+
+def _refuse_nonfinite(model, out_dir, what):
+    if not weights_finite(model):
+        good = latest_checkpoint(out_dir)
+        raise FloatingPointError(f"the weights are not finite {what}: nothing saved; the last good checkpoint is "
+                                 + (good or "none (no checkpoint was written before)"))
+
+
+def full_state(model, optimizer=None):
+    """Whole (unsharded, CPU) state dicts of the model and optimizer, also under DDP and FSDP (a collective)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_state_dict(model, optimizer, options=opts) if optimizer else (get_model_state_dict(model, options=opts), None)
+
+
+def save_model(model, cfg, path, tok_files=()):
+    """The model, adapters merged, as a Hugging Face directory with its tokenizer (every rank must call it), written
+    aside and renamed into place; refused if any weight is not finite."""
+    _refuse_nonfinite(model, cfg.out_dir, "at the end of training")
+    sd, _ = full_state(model)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        tmp = tempfile.mkdtemp(dir=cfg.out_dir, prefix=f".{os.path.basename(path)}.")
+        save_pretrained(raw_model(model), tmp, merge_lora(sd, cfg.lora_rank, cfg.lora_alpha), tokenizer_files=tok_files)
+        _replace(tmp, path)
+
+
+def save_checkpoint(model, optimizer, scaler, step, rng, cfg, base_from, tok_files=()):
+    """out_dir/ckpt_STEP: the merged model as a HF directory + train_state.pt (optimizer, RNGs, step, config, and
+    under LoRA the trained weights); then `latest` is switched to it and older checkpoints beyond keep_checkpoints
+    are deleted. The pointer moves only once the directory is complete, so a crash mid-save leaves the last good one;
+    weights that are not finite are never saved (and so every checkpoint kept is finite)."""
+    _refuse_nonfinite(model, cfg.out_dir, f"after step {step}")
+    model_sd, optim_sd = full_state(model, optimizer)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
+    name = f"ckpt_{step:07d}"
+    tmp = tempfile.mkdtemp(dir=cfg.out_dir, prefix=f".{name}.")
+    save_pretrained(raw_model(model), tmp, merge_lora(model_sd, cfg.lora_rank, cfg.lora_alpha), tokenizer_files=tok_files)
+    trained = {k for k, p in raw_model(model).named_parameters() if p.requires_grad}
+    with open(os.path.join(tmp, "train_state.pt"), "wb") as f:
+        torch.save({"trained": {k: v for k, v in model_sd.items() if k in trained} if cfg.lora_rank else {},
+                    "optimizer": optim_sd, "scaler": scaler.state_dict(), "step": step, "base_from": base_from,
+                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "config": asdict(cfg)}, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the directory is renamed into place (as save_pretrained's files)
+    _replace(tmp, os.path.join(cfg.out_dir, name))
+    _write_atomic(os.path.join(cfg.out_dir, "latest"), name)
+    old = sorted(d for d in os.listdir(cfg.out_dir) if d.startswith("ckpt_") and d != name)
+    for d in old[:max(len(old) - cfg.keep_checkpoints + 1, 0)]:
+        _remove(os.path.join(cfg.out_dir, d))
+
+
+def _remove(path):
+    """Delete a file or folder; a symbolic link is unlinked, never followed."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)

@@ -4,10 +4,12 @@
     python train.py -h                                  # each option with its default and its comment
 
 The comments shown by -h are the ones written beside each field in the dataclass's source, so the help can never
-disagree with the code. Every mistake (a missing file, bad TOML, an unknown key, a value of the wrong type) ends
-the program with one line that says what to fix.
+disagree with the code. Every mistake (a missing file, bad TOML, an unknown key, a value of the wrong type, or one
+the config's own check() refuses: a range, a choice) ends the program with one line that says what to fix, before
+anything else is read.
 """
 import inspect
+import math
 import re
 import sys
 import tomllib
@@ -61,14 +63,20 @@ def parse_config(cls, argv, doc=""):
                 values.update(tomllib.load(f))
         except OSError as e:
             sys.exit(f"error: {arg}: {e.strerror or e} (a .toml config file, or --key=value)")
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             sys.exit(f"error: {arg}: not valid TOML ({e})")
     known = {f.name: f for f in fields(cls)}
     for key, val in values.items():
         if key not in known:
             sys.exit(f"error: unknown config key {key!r} (python {sys.argv[0]} -h lists them)")
         values[key] = _convert(val, type(known[key].default), key)
-    return cls(**values)
+    cfg = cls(**values)
+    try:  # every option checked here, before any model or data is read
+        if hasattr(cfg, "check"):
+            cfg.check()
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    return cfg
 
 
 def _convert(val, typ, key):
@@ -76,9 +84,58 @@ def _convert(val, typ, key):
         try:
             return {"true": True, "false": False, "1": True, "0": False}[val.lower()] if typ is bool else typ(val)
         except (KeyError, ValueError):
-            sys.exit(f"error: --{key}={val}: expected a {typ.__name__}")
+            sys.exit(f"error: --{key}={val}: expected {_a(typ)}")
     if typ is float and type(val) is int:
         return float(val)  # TOML's `lr = 1` is an int
     if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
-        sys.exit(f"error: {key} = {val!r}: expected a {typ.__name__}")
+        sys.exit(f"error: {key} = {val!r}: expected {_a(typ)}")
     return val
+
+
+def _a(typ):
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(typ, typ.__name__)
+
+
+# ----------------------------------------------------------------------------- checks, for each config's check()
+# Each raises a ValueError whose one line names the option, its value and what it accepts; a config's check() calls
+# them for its fields, and parse_config runs check() before anything is read.
+def _bad(name, value, expected):
+    return ValueError(f"--{name}={value}: expected {expected}")
+
+
+def positive(cfg, *names):
+    """Counts that must be at least 1."""
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise _bad(name, getattr(cfg, name), "a positive count")
+
+
+def non_negative(cfg, *names):
+    """Counts, intervals and rates that may be 0 (usually 'none' or 'off') but not negative, inf or nan."""
+    for name in names:
+        v = getattr(cfg, name)
+        if not (math.isfinite(v) and v >= 0):
+            raise _bad(name, v, "a finite number >= 0")
+
+
+def in_range(cfg, name, lo, hi, expected):
+    """A finite number in [lo, hi]."""
+    v = getattr(cfg, name)
+    if not (math.isfinite(v) and lo <= v <= hi):
+        raise _bad(name, v, expected)
+
+
+def one_of(cfg, name, choices):
+    if getattr(cfg, name) not in choices:
+        raise _bad(name, getattr(cfg, name), "one of " + ", ".join(map(str, choices)))
+
+
+def int_list(cfg, name, lo=1):
+    """A comma-separated list of integers >= lo (lengths, factors); the list."""
+    try:
+        values = [int(x) for x in getattr(cfg, name).split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < lo:
+        raise _bad(name, getattr(cfg, name), f"comma-separated integers >= {lo}")
+    return values

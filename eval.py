@@ -1,4 +1,5 @@
-"""eval.py: perplexity over window lengths and passkey retrieval for one or more models, as JSON, markdown and plots.
+"""eval.py: perplexity over window lengths, loss at every position, and passkey retrieval for one or more models,
+as JSON, markdown and plots.
 
     python eval.py --models=base=out/tiny_base/final,pose=out/tiny_pose/final --lengths=128,256,512,1024
     python eval.py --models=DIR --data=books/,more.jsonl --tokenizer=gpt2:DIR --stride=1024 --lengths=2048,4096
@@ -8,10 +9,14 @@ Perplexity, the paper's protocol: a document [BOS] x_0 … x_{m-1} is read in wi
 every `stride` text tokens; a window starting at a is [BOS] x_a … x_{a+ctx-2} (positions 0 … ctx-1) and predicts
 x_a … x_{a+ctx-1}, but only tokens no earlier window scored count, so each x_i is scored exactly once (the last
 window may be shorter) and, after the first window, with at least ctx - stride tokens of context. stride = 0
-means stride = ctx. --truncate=true scores only the first window of each document (x_0 … x_{ctx-1}; shorter
-documents are left out). The mean NLL is token-weighted over all documents.
+means stride = ctx. --truncate=true scores only the first window of each document. A document shorter than a
+window is left out of that length (with a warning). The mean NLL is token-weighted over all documents. The same
+forward passes give the mean loss at each position 0 … ctx-1 over the full windows: where a model stops using
+its positions, that curve rises.
 Passkey: Mohtashami & Jaggi's prompt as the PoSE paper uses it, a random 5-digit key at a chosen depth of the
-filler; scored by greedy generation (the first integer must be the key) or, faster, by teacher forcing.
+filler; scored by greedy generation (the first integer must be the key) or, batched and faster, by teacher forcing
+(the key's tokens must be the argmax after the prompt); --passkey_mode=both scores each trial both ways and counts
+where they disagree.
 """
 import json
 import math
@@ -26,11 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import checkpoint as C
-from config import parse_config
+from checkpoint import from_pretrained, read_hf_config
+from config import int_list, non_negative, one_of, parse_config, positive
 from passkey import passkey_prompt
 from prepare import TokenDataset, read_documents
-from tokenizer import load_tokenizer, start_id
+from tokenizer import check_vocabulary, load_tokenizer, own_tokenizer, start_id
+from util import check_device, markdown, pick_device
+
+PASSKEY_MODES = ("generate", "teacher", "both")
 
 
 @dataclass
@@ -45,18 +53,43 @@ class EvalConfig:
     tokenizer: str = ""                 # "": the first model folder's own, else the prepared data's, else web-bpe4k
     max_tokens: int = 0                 # score only each document's first max(max_tokens, length) tokens; 0: all
     batch_tokens: int = 4096            # windows per forward pass = batch_tokens // length (at least 1)
+    position_len: int = 0               # one of the lengths: write the mean loss at each of its positions; 0: none
     passkey_lengths: str = ""           # "": the perplexity lengths
-    passkey_depths: str = "0,0.25,0.5,0.75,1"
-    passkey_trials: int = 10            # per (length, depth); 0 skips passkey
-    passkey_mode: str = "generate"      # generate (greedy, KV cache) | teacher (one forward pass per trial)
-    position_len: int = 0               # mean loss at each position of windows this long (BOS first); 0: skip
-    position_windows: int = 0           # ... from at most this many windows per document (of max_tokens); 0: all
-    seed: int = 0
+    passkey_depths: str = "0,0.25,0.5,0.75,1"  # where the key line goes, as a share of the filler
+    passkey_trials: int = 10            # per length, spread evenly over the depths tried there; 0 skips passkey
+    passkey_far: int = 0                # 0: every depth; else, at lengths beyond it, only depths whose key is farther
+                                        # back than it (retrieval past a model's L0), at other lengths every depth
+    passkey_mode: str = "generate"      # generate (greedy, KV cache) | teacher (batched forward passes) | both
+    seed: int = 0                       # the passkeys drawn
     max_seq_len: int = 0                # Meta checkpoints only, which do not record it: their pretraining length
     out: str = "results"
     plots: str = "plots"
     device: str = "auto"
     dtype: str = "float32"              # the weights' dtype: float32 | bfloat16 | float16
+
+    def check(self):
+        """A ValueError naming the first option that cannot work (parse_config calls it before anything is read)."""
+        if not self.models or len({n for n, _ in model_specs(self.models)}) != len(self.models.split(",")):
+            raise ValueError(f"--models={self.models}: expected comma-separated folders, each name used once")
+        lengths = int_list(self, "lengths", lo=2)
+        if self.stride < 0 or self.stride > min(lengths):
+            raise ValueError(f"--stride={self.stride}: expected 0 (= each window) up to the shortest length "
+                             f"{min(lengths)}")
+        non_negative(self, "max_tokens", "passkey_trials", "passkey_far", "seed", "max_seq_len")
+        positive(self, "batch_tokens")
+        if self.position_len and self.position_len not in lengths:
+            raise ValueError(f"--position_len={self.position_len}: expected 0 or one of the lengths {self.lengths}")
+        if self.passkey_lengths:
+            int_list(self, "passkey_lengths")
+        try:
+            depths = [float(x) for x in self.passkey_depths.split(",")]
+        except ValueError:
+            depths = [-1.0]
+        if not all(0 <= d <= 1 for d in depths):
+            raise ValueError(f"--passkey_depths={self.passkey_depths}: expected shares in [0, 1], comma-separated")
+        one_of(self, "passkey_mode", PASSKEY_MODES)
+        one_of(self, "dtype", ("float32", "bfloat16", "float16"))
+        check_device(self.device)
 
 
 def progress_bar(items, desc, out=sys.stderr):
@@ -100,82 +133,106 @@ def windows(m, ctx, stride, truncate=False):
 def perplexity(model, docs, ctx, *, bos_id, stride=0, truncate=False, batch_tokens=4096, device="cpu",
                progress=False):
     """Token-weighted perplexity of `docs` (token id arrays, with or without a leading BOS) in windows of ctx
-    tokens (see the module docstring) -> {"nll", "ppl", "tokens"}. The model's chunked loss keeps only a
-    chunk of logits at a time, so long windows never hold all T × V of them."""
+    tokens (see the module docstring) -> {"nll", "ppl", "tokens", "position": mean loss at each position 0 … ctx-1
+    over the full windows, "windows": how many}. The model's chunked loss keeps only a chunk of logits at a time,
+    so long windows never hold all T × V of them."""
     stride = stride or ctx
     assert 0 < stride <= ctx, f"stride must be in [1, ctx={ctx}], got {stride}"
     check_length(model, ctx)
     texts = [np.asarray(d[1:] if len(d) and d[0] == bos_id else d, dtype=np.int64) for d in docs]
-    plan = [(t, a, b, s) for t in texts for a, b, s in windows(len(t), ctx, stride, truncate)]
+    short = sum(len(t) < ctx for t in texts)
+    if short:
+        warnings.warn(f"{short} of {len(texts)} documents are shorter than a {ctx}-token window: left out at {ctx}")
+    plan = [(t, a, b, s) for t in texts if len(t) >= ctx for a, b, s in windows(len(t), ctx, stride, truncate)]
     if not plan:
-        raise ValueError(f"no document is long enough for a {ctx}-token window (truncate={truncate})")
+        raise ValueError(f"no document is long enough for a {ctx}-token window")
     rows = max(1, batch_tokens // ctx)
     batches = [plan[i:i + rows] for i in range(0, len(plan), rows)]
-    nll, n = 0.0, 0
+    nll, n, at_position, full = 0.0, 0, np.zeros(ctx), 0
     for batch in progress_bar(batches, f"perplexity @{ctx}") if progress else batches:
         x = torch.zeros((len(batch), max(b - a for _, a, b, _ in batch)), dtype=torch.long)  # padded at the end
-        y = torch.full_like(x, -1)                                                           # -1: not scored
+        y = torch.full_like(x, -1)                                                           # -1: no target
         for r, (t, a, b, s) in enumerate(batch):
             x[r, 0], x[r, 1:b - a] = bos_id, torch.from_numpy(t[a:b - 1])
-            y[r, s - a:b - a] = torch.from_numpy(t[s:b])
-        nll += model(x.to(device), targets=y.to(device), reduction="sum").item()
-        n += int((y != -1).sum())
-    return {"nll": nll / n, "ppl": math.exp(nll / n), "tokens": n}
+            y[r, :b - a] = torch.from_numpy(t[a:b])
+        loss = model(x.to(device), targets=y.to(device), reduction="none").view(x.shape).double().cpu()
+        scored = torch.zeros_like(y, dtype=torch.bool)  # the tokens no earlier window scored
+        for r, (t, a, b, s) in enumerate(batch):
+            scored[r, s - a:b - a] = True
+            if b - a == ctx:
+                at_position += loss[r].numpy()
+                full += 1
+        nll += float(loss[scored].sum())
+        n += int(scored.sum())
+    return {"nll": nll / n, "ppl": math.exp(min(nll / n, 700)), "tokens": n,  # 700: exp overflows float64 past it
+            "position": (at_position / max(full, 1)).tolist(), "windows": full}
 
 
 @torch.no_grad()
-def position_loss(model, docs, L, *, bos_id, max_windows=0, batch_tokens=4096, device="cpu"):
-    """Mean next-token loss at each position 0 … L-1 of windows [BOS] x_a … x_{a+L-2} cut back to back from each
-    document (at most max_windows per document; 0: all): (L,) float64, and the number of windows averaged."""
-    texts = [np.asarray(d[1:] if len(d) and d[0] == bos_id else d, dtype=np.int64) for d in docs]
-    rows = [np.concatenate([[bos_id], t[a:a + L]]) for t in texts
-            for a in range(0, len(t) - L + 1, L)[:max_windows or None]]
-    if not rows:
-        raise ValueError(f"no document is long enough for a {L}-token window")
-    total, per = np.zeros(L), max(1, batch_tokens // L)
-    for i in range(0, len(rows), per):
-        t = torch.from_numpy(np.stack(rows[i:i + per])).to(device)
-        total += model(t[:, :-1], targets=t[:, 1:], reduction="none").view(len(t), L).sum(0).double().cpu().numpy()
-    return total / len(rows), len(rows)
+def passkey_generate(model, tok, prompt, key, device):
+    """Greedy-decode 10 tokens after the prompt: the first integer in them must be the key."""
+    out = model.generate(torch.tensor([prompt.ids], device=device), max_new_tokens=10)
+    found = re.search(r"\d+", tok.decode(out[0, len(prompt.ids):].tolist()))
+    return found is not None and int(found.group()) == key
 
 
 @torch.no_grad()
-def passkey_hit(model, tok, prompt, key, mode, device):
-    """generate: greedy-decode 10 tokens; the first integer in them must be the key. teacher: one forward pass
-    over prompt + key; the argmax must give every key token and then no further digit. (It takes the full
-    logits of the sequence, fine at these sizes; a 7B model at 32k would want only the last few positions.)"""
-    ids, answer = prompt.ids, prompt.answer
-    if mode == "generate":
-        out = model.generate(torch.tensor([ids], device=device), max_new_tokens=10)
-        found = re.search(r"\d+", tok.decode(out[0, len(ids):].tolist()))
-        return found is not None and int(found.group()) == key
-    pred = model(torch.tensor([ids + answer], device=device))[0, len(ids) - 1:].argmax(-1).tolist()
-    return pred[:-1] == answer and not tok.decode(pred[-1:])[:1].isdigit()
+def passkey_teacher(model, tok, prompts, device, batch_tokens=4096):
+    """Teacher forcing, prompts batched (right-padded: causal attention keeps the padding out of every real token's
+    view): after each prompt the argmax must give every key token, and then no further digit."""
+    hits, order = [False] * len(prompts), sorted(range(len(prompts)), key=lambda i: len(prompts[i].ids))
+    while order:
+        T = len(prompts[order[-1]].ids) + len(prompts[order[-1]].answer)
+        batch, order = order[-max(1, batch_tokens // T):], order[:-max(1, batch_tokens // T)]
+        x = torch.zeros((len(batch), T), dtype=torch.long)
+        for r, i in enumerate(batch):
+            seq = prompts[i].ids + prompts[i].answer
+            x[r, :len(seq)] = torch.tensor(seq)
+        logits = model(x.to(device))
+        for r, i in enumerate(batch):
+            p = prompts[i]
+            pred = logits[r, len(p.ids) - 1:len(p.ids) + len(p.answer)].argmax(-1).tolist()
+            hits[i] = pred[:-1] == p.answer and not tok.decode(pred[-1:])[:1].isdigit()
+    return hits
 
 
-def passkey_accuracy(model, tok, lengths, depths, trials, seed=0, mode="generate", device="cpu", progress=False):
-    """{length: {depth: accuracy}} over `trials` random 5-digit keys per cell, seeded per (seed, length, depth)."""
-    assert mode in ("generate", "teacher"), f"passkey mode must be generate or teacher, got {mode!r}"
-    for L in lengths:
+def passkey_cells(tok, lengths, depths, far=0):
+    """{length: [depths tried]}: every depth, or at lengths beyond `far` (> 0) only those whose key line starts
+    farther back than `far` tokens (the ones that test retrieval past it)."""
+    return {L: [d for d in depths if not far or L <= far or passkey_prompt(tok, L, d, 10_000).distance > far]
+            for L in lengths}
+
+
+def passkey_accuracy(model, tok, cells, trials, seed=0, mode="generate", device="cpu", batch_tokens=4096):
+    """({length: {depth: accuracy}}, disagreements) over `trials` random 5-digit keys per length, spread evenly over
+    the length's depths (rounded up), seeded per (seed, length, depth). In mode "both" the accuracy is teacher
+    forcing's and `disagreements` counts the trials where greedy generation scored otherwise (else None)."""
+    acc, disagree = {L: {} for L in cells}, 0
+    for L, depths in cells.items():
         check_length(model, L)
-    cells = [(L, d) for L in lengths for d in depths]
-    acc = {L: {} for L in lengths}
-    for L, d in progress_bar(cells, "passkey") if progress else cells:
-        rng = np.random.default_rng([seed, L, round(d * 1000)])
-        keys = rng.integers(10000, 100000, size=trials).tolist()
-        acc[L][d] = sum(passkey_hit(model, tok, passkey_prompt(tok, L, d, k), k, mode, device) for k in keys) / trials
-    return acc
+        per_depth = -(-trials // max(len(depths), 1))
+        trial = [(d, int(k)) for d in depths
+                 for k in np.random.default_rng([seed, L, round(d * 1000)]).integers(10000, 100000, size=per_depth)]
+        prompts = [passkey_prompt(tok, L, d, k) for d, k in trial]
+        teacher = passkey_teacher(model, tok, prompts, device, batch_tokens) if mode != "generate" else None
+        greedy = [passkey_generate(model, tok, p, k, device) for p, (_, k) in zip(prompts, trial)] \
+            if mode != "teacher" else None
+        hits = teacher if teacher is not None else greedy
+        disagree += sum(a != b for a, b in zip(teacher, greedy)) if mode == "both" else 0
+        for d in depths:
+            acc[L][d] = float(np.mean([h for h, (dd, _) in zip(hits, trial) if dd == d]))
+    return acc, (disagree if mode == "both" else None)
 
 
 def key_distances(tok, lengths, depths):
     """{length: {depth: how many tokens back from the answer the key line starts}} (the same for every 5-digit
-    key): a key farther back than a model's pretraining window Lc is one it can only find past Lc."""
+    key): a key farther back than a model's pretraining length L0 is one it can only find past L0."""
     return {L: {d: passkey_prompt(tok, L, d, 10_000).distance for d in depths} for L in lengths}
 
 
-def beyond(acc, distance, Lc, L):
-    """Mean accuracy at length L over the depths whose key lies farther back than Lc (None if there is none)."""
-    far = [a for d, a in acc[L].items() if distance[L][d] > Lc]
+def beyond(acc, distance, L0, L):
+    """Mean accuracy at length L over the depths whose key lies farther back than L0 (None if there is none)."""
+    far = [a for d, a in acc[L].items() if distance[L][d] > L0]
     return float(np.mean(far)) if far else None
 
 
@@ -188,14 +245,6 @@ def model_specs(models):
         p = Path(path.rstrip("/"))
         specs.append((name or (p.parent.name if p.name == "final" or p.name.startswith("ckpt_") else p.name), path))
     return specs
-
-
-def own_tokenizer(path):
-    """The tokenizer a model folder carries (train.py writes it beside the weights), or None."""
-    try:
-        return load_tokenizer(path)
-    except (OSError, ValueError):
-        return None
 
 
 def load_docs(cfg, first_model):
@@ -214,80 +263,64 @@ def load_docs(cfg, first_model):
     return docs, tok, cfg.data
 
 
-def check_vocabulary(mcfg, path, tok):
-    """A tokenizer fits a model if its ids are the model's rows: none beyond them, and no more unused rows than
-    padding to a multiple of 1024 leaves (GPT-2's 50257 -> 50304). Anything else is another model's tokenizer."""
-    V, n = mcfg.vocab_size, tok.n_vocab
-    if n > V or V > -(-n // 1024) * 1024:
-        raise ValueError(f"{path} has {V} token embeddings, the tokenizer {tok.name} {n} tokens: they are not one "
-                         "model's (pass the model's own with --tokenizer)")
-    own = own_tokenizer(path)
-    probe = "In the beginning, 12345 words. "
-    if own is not None and own.encode(probe) != tok.encode(probe):
-        raise ValueError(f"{path} carries its own tokenizer ({own.name}), which is not {tok.name}")
-
-
-def markdown(header, rows):
-    return "".join(f"| {' | '.join(map(str, r))} |\n" for r in [header, ["---"] * len(header), *rows])
-
-
 def evaluate_models(cfg, progress=True):
-    """Evaluate every model in cfg.models; write OUT/{ppl,passkey}.{json,md} and PLOTS/{ppl,passkey_NAME}.png."""
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    """Evaluate every model in cfg.models; write OUT/{ppl,passkey}.{json,md}, OUT/position_loss.json and
+    PLOTS/{ppl,position_loss,passkey_NAME}.png."""
+    device = pick_device(cfg.device)
     lengths = [int(x) for x in cfg.lengths.split(",")]
     pk_lengths = [int(x) for x in (cfg.passkey_lengths or cfg.lengths).split(",")]
     depths = [float(x) for x in cfg.passkey_depths.split(",")]
     specs = model_specs(cfg.models)
     docs, tok, source = load_docs(cfg, specs[0][1])
-    # what would fail after hours of perplexity fails now: a passkey length too short for the template, an output
-    # folder that cannot be made
+    # what would fail after hours of perplexity fails now: a passkey length too short for the template, a model that
+    # is missing or not the tokenizer's (Meta folders are checked once loaded), an output folder that cannot be made
     for L in pk_lengths if cfg.passkey_trials else []:
         passkey_prompt(tok, L, 0.0, 10_000)
-    for _, path in specs:  # a model that is missing, or not the tokenizer's (Meta folders are checked once loaded)
+    for _, path in specs:
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path}: no such model folder")
         if os.path.exists(os.path.join(path, "config.json")):
-            check_vocabulary(C.read_hf_config(path), path, tok)
+            check_vocabulary(read_hf_config(path).vocab_size, path, tok)
     os.makedirs(cfg.out, exist_ok=True)
     os.makedirs(cfg.plots, exist_ok=True)
-    ppl, keys, by_position = {}, {}, {}
+    cells = passkey_cells(tok, pk_lengths, depths, cfg.passkey_far) if cfg.passkey_trials else {}
     distance = key_distances(tok, pk_lengths, depths) if cfg.passkey_trials else {}
+    ppl, keys, disagree = {}, {}, {}
     for name, path in specs:
-        model = C.from_pretrained(path, cfg.max_seq_len or None, getattr(torch, cfg.dtype)).to(device).eval()
-        check_vocabulary(model.cfg, path, tok)
-        Lc, Lt = model.cfg.original_len, model.cfg.max_seq_len
-        print(f"{name}: {path}, Lc = {Lc}, Lt = {Lt}, rope scaling {model.cfg.rope_scaling}")
+        model = from_pretrained(path, cfg.max_seq_len or None, getattr(torch, cfg.dtype)).to(device).eval()
+        check_vocabulary(model.cfg.vocab_size, path, tok)
+        L0, Lt = model.cfg.L0, model.cfg.max_seq_len
+        print(f"{name}: {path}, L0 = {L0}, Lt = {Lt}, rope scaling {model.cfg.rope_scaling}")
         res = {}
         for L in lengths:
             cut = [d[:max(cfg.max_tokens, L) + 1] for d in docs] if cfg.max_tokens else docs
             res[L] = perplexity(model, cut, L, bos_id=start_id(tok), stride=cfg.stride, truncate=cfg.truncate,
                                 batch_tokens=cfg.batch_tokens, device=device, progress=progress)
         print(f"{name}: perplexity " + ", ".join(f"@{L}: {r['ppl']:.3f}" for L, r in res.items()))
-        ppl[name] = {"path": path, "Lc": Lc, "Lt": Lt, "ppl": res}
+        ppl[name] = {"path": path, "L0": L0, "Lt": Lt, "ppl": res}
         if cfg.passkey_trials:
-            keys[name] = passkey_accuracy(model, tok, pk_lengths, depths, cfg.passkey_trials, cfg.seed,
-                                          cfg.passkey_mode, device, progress)
+            keys[name], disagree[name] = passkey_accuracy(model, tok, cells, cfg.passkey_trials, cfg.seed,
+                                                          cfg.passkey_mode, device, cfg.batch_tokens)
             print(f"{name}: passkey " + ", ".join(
-                f"@{L}: {np.mean(list(a.values())):.0%}" + ("" if beyond(keys[name], distance, Lc, L) is None else
-                                                             f" ({beyond(keys[name], distance, Lc, L):.0%} beyond Lc)")
-                for L, a in keys[name].items()))
-        if cfg.position_len:
-            cut = [d[:max(cfg.max_tokens, cfg.position_len) + 1] for d in docs] if cfg.max_tokens else docs
-            by_position[name], n_windows = position_loss(model, cut, cfg.position_len, bos_id=start_id(tok),
-                                                         max_windows=cfg.position_windows,
-                                                         batch_tokens=cfg.batch_tokens, device=device)
+                f"@{L}: {np.mean(list(a.values())):.0%}" + ("" if beyond(keys[name], distance, L0, L) is None else
+                                                             f" ({beyond(keys[name], distance, L0, L):.0%} beyond L0)")
+                for L, a in keys[name].items()) + ("" if disagree[name] is None else
+                                                   f"; teacher forcing and generation disagree on {disagree[name]}"))
         del model  # before the next one loads
-    write_results(cfg, f"{source}, tokenizer {tok.name}", ppl, keys, distance,
-                  {"windows": n_windows, "models": by_position} if by_position else None)
+    write_results(cfg, f"{source}, tokenizer {tok.name}", ppl, keys, distance, disagree)
     return ppl, keys
 
 
-def write_results(cfg, source, ppl, keys, distance=None, by_position=None):
+def write_results(cfg, source, ppl, keys, distance=None, disagree=None):
     import plots  # here, not at the top: train.py imports this file for perplexity() and needs no matplotlib
     def write(name, text):
         with open(os.path.join(cfg.out, name), "w") as f:
             f.write(text)
     mode = "truncate" if cfg.truncate else f"sliding window, stride {cfg.stride or '= window'}"
+    curves = {n: r["ppl"][cfg.position_len].pop("position") for n, r in ppl.items()} if cfg.position_len else {}
+    for r in ppl.values():
+        for v in r["ppl"].values():
+            v.pop("position", None)
     write("ppl.json", json.dumps({"protocol": {"data": source, "mode": mode, "max_tokens": cfg.max_tokens},
                                   "models": ppl}, indent=1))
     lengths = list(next(iter(ppl.values()))["ppl"])
@@ -296,22 +329,23 @@ def write_results(cfg, source, ppl, keys, distance=None, by_position=None):
     write("ppl.md", f"Perplexity on {source}, {mode}, token-weighted.\n\n" + markdown(["model", *lengths], rows))
     plots.plot_perplexity({n: {L: v["ppl"] for L, v in r["ppl"].items()} for n, r in ppl.items()},
                           os.path.join(cfg.plots, "ppl.png"), plots.context_marks(ppl), f"Perplexity on {source}")
-    if by_position:
-        L = cfg.position_len
+    if curves:
+        n_windows = next(iter(ppl.values()))["ppl"][cfg.position_len]["windows"]
         write("position_loss.json", json.dumps({
-            "protocol": {"data": source, "length": L, "windows": by_position["windows"]},
-            "models": {n: v.tolist() for n, v in by_position["models"].items()}}))
-        plots.plot_position_loss(by_position["models"], os.path.join(cfg.plots, "position_loss.png"),
-                                 plots.context_marks(ppl), by_position["windows"])
+            "protocol": {"data": source, "length": cfg.position_len, "windows": n_windows, "mode": mode},
+            "models": curves}))
+        plots.plot_position_loss(curves, os.path.join(cfg.plots, "position_loss.png"), plots.context_marks(ppl),
+                                 n_windows)
     if not keys:
         return
-    write("passkey.json", json.dumps({"protocol": {"trials": cfg.passkey_trials, "mode": cfg.passkey_mode,
-                                                  "seed": cfg.seed}, "distance": distance, "models": keys}, indent=1))
-    depths = list(next(iter(next(iter(keys.values())).values())))
-    rows = [[name, L] + [f"{a[d]:.0%}" for d in depths] + [f"{np.mean(list(a.values())):.0%}"]
+    write("passkey.json", json.dumps({"protocol": {"trials_per_length": cfg.passkey_trials, "mode": cfg.passkey_mode,
+                                                  "far": cfg.passkey_far, "seed": cfg.seed},
+                                      "distance": distance, "models": keys, "disagreements": disagree}, indent=1))
+    depths = sorted({d for acc in keys.values() for a in acc.values() for d in a})
+    rows = [[name, L] + [f"{a[d]:.0%}" if d in a else "" for d in depths] + [f"{np.mean(list(a.values())):.0%}"]
             for name, acc in keys.items() for L, a in acc.items()]
     rows = [["key distance", L] + [distance[L][d] for d in depths] + [""] for L in distance] + rows
-    write("passkey.md", f"Passkey retrieval accuracy, {cfg.passkey_trials} trials per cell, {cfg.passkey_mode}; "
+    write("passkey.md", f"Passkey retrieval accuracy, {cfg.passkey_trials} trials per length, {cfg.passkey_mode}; "
           "the first rows give how many tokens back from the answer each key line starts.\n\n"
           + markdown(["model", "length"] + [f"depth {d:.0%}" for d in depths] + ["mean"], rows))
     for name, acc in keys.items():
@@ -325,3 +359,5 @@ if __name__ == "__main__":
         evaluate_models(cfg)
     except (ValueError, OSError, ImportError) as e:  # a missing or bad model, data or length: one line, no traceback
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: nothing written (results are written once every model is evaluated)")

@@ -1,19 +1,19 @@
 """A single-file LLaMA (RMSNorm, SwiGLU, GQA, RoPE with every common scaling) that takes explicit positions.
 
-Read it top to bottom: config -> RoPE and its scalings -> RMSNorm -> attention -> MLP -> block -> the loss -> the
-model. The one thing PoSE needs from a model is `forward(idx, pos)`: every row of a batch carries its own, possibly
+Read it top to bottom: config -> RoPE and its scalings -> RMSNorm -> attention -> MLP -> block -> the model. The one thing PoSE needs from a model is `forward(idx, pos)`: every row of a batch carries its own, possibly
 skipped, integer positions, and cos/sin are computed per row. RoPE uses Hugging Face's rotate-half layout (dim i is
 paired with dim i + head_dim/2); reading and writing checkpoints (HF and Meta) is checkpoint.py's job.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-ROPE_TYPES = ("linear", "ntk", "dynamic", "yarn", "yarn_pose", "llama3", "longrope")  # None: plain RoPE
+from chunked_loss import chunked_cross_entropy
+
 
 
 def llama_ffn_dim(dim, multiple_of=256, ffn_dim_multiplier=None):
@@ -37,78 +37,148 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None   # e.g. {"rope_type": "linear", "factor": 8.0}; HF configs: checkpoint.py
     max_seq_len: int = 2048            # the context the model is meant for (the target length once extended)
+    L0: int | None = None              # the length its RoPE was pretrained at; None: the scaling's
+                                       # original_max_position_embeddings, max_seq_len / factor for linear, else
+                                       # max_seq_len (a model that was never extended)
     tie_embeddings: bool = False
 
     def __post_init__(self):
         self.n_kv_heads = self.n_kv_heads or self.n_heads
         self.head_dim = self.head_dim or self.dim // self.n_heads
         self.hidden_dim = self.hidden_dim or llama_ffn_dim(self.dim)
-        if self.rope_scaling and self.rope_scaling.get("rope_type") not in ROPE_TYPES:
-            raise ValueError(f"unknown rope type {self.rope_scaling.get('rope_type')!r}; expected one of "
-                             f"{', '.join(ROPE_TYPES)}")
+        rs = self.rope_scaling or {}
+        if rs and rs.get("rope_type") not in ROPE_SCALINGS:
+            raise ValueError(f"unknown rope type {rs.get('rope_type')!r}; expected one of {', '.join(ROPE_SCALINGS)}")
+        remembered = rs.get("original_max_position_embeddings")
+        if self.L0 is None:
+            linear = rs.get("rope_type") == "linear"
+            self.L0 = remembered or (round(self.max_seq_len / rs["factor"]) if linear else self.max_seq_len)
+        assert remembered in (None, self.L0), f"L0={self.L0} but the RoPE scaling remembers {remembered}"
         assert self.n_heads % self.n_kv_heads == 0, f"n_heads {self.n_heads} not a multiple of n_kv_heads {self.n_kv_heads}"
         assert self.head_dim % 2 == 0, f"head_dim must be even for RoPE, got {self.head_dim}"
 
-    @property
-    def original_len(self):
-        """L0, the length the RoPE was pretrained at: the scaling's original_max_position_embeddings where it keeps
-        one, max_seq_len / factor for linear (which does not), else max_seq_len."""
-        rs = self.rope_scaling or {}
-        if "original_max_position_embeddings" in rs:
-            return rs["original_max_position_embeddings"]
-        return round(self.max_seq_len / rs["factor"]) if rs.get("rope_type") == "linear" else self.max_seq_len
+
+# ----------------------------------------------------------------------------- RoPE and its scalings
+# RoPE rotates pair i of a head's dims, (i, i + d/2), by pos · inv_freq_i radians, inv_freq_i = base^(-2i/d): pair i
+# turns once every 2π · base^(2i/d) positions (its wavelength), pair 0 fastest. A model pretrained on L0 positions
+# has seen pair i turn through at most L0 · inv_freq_i radians. To reach Lt = s · L0, each scaling below changes
+# inv_freq (and may scale cos and sin by an attention factor) so that positions in [0, Lt) give angles the model
+# knows. Each takes (d, base, rs, L0, seq_len) -- head dim, rope_theta, the rope_scaling dict, the pretraining
+# length and the longest position in use -- and returns (inv_freq, attention_factor), inv_freq in float64. They
+# are transformers' definitions (tested against it), so an exported model runs there unchanged.
+def rope_frequencies(d, base):
+    """Plain RoPE (Su et al. 2021): inv_freq_i = base^(-2i/d) for pairs i = 0 … d/2 − 1."""
+    return 1.0 / base ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
 
 
-# ----------------------------------------------------------------------------- RoPE
+def rope_linear(d, base, rs, L0, seq_len):
+    """Position interpolation (Chen et al. 2023), the PoSE paper's first choice: every frequency divided by s, so
+    position p turns every pair exactly as p / s did in pretraining, and [0, Lt) lands on [0, L0)."""
+    return rope_frequencies(d, base) / rs["factor"], 1.0
+
+
+def yarn_keep(d, base, rs, L0):
+    """YaRN's ramp over the pairs (d/2,): 1 for a pair kept as pretrained, 0 for one divided by s, linear between.
+    Pair i turns L0 · base^(-2i/d) / 2π times over L0, so it turns r times at i = d · ln(L0 / (2π · r)) / (2 ln base):
+    pairs that turn more than beta_fast times are kept (their angles over Lt are ones they have seen many times
+    over), fewer than beta_slow times interpolated (their angles past L0 would be new)."""
+    def pair_turning(r):
+        return d * math.log(L0 / (2 * math.pi * r)) / (2 * math.log(base))
+    low, high = pair_turning(rs.get("beta_fast") or 32), pair_turning(rs.get("beta_slow") or 1)
+    if rs.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, d - 1)
+    return 1 - ((torch.arange(d // 2, dtype=torch.float64) - low) / max(high - low, 1e-3)).clamp(0, 1)
+
+
+def yarn_attention_factor(rs):
+    """YaRN's temperature: cos and sin times m = 0.1 ln s + 1 scale every attention logit q·k by m² (the YaRN
+    paper's fit, sqrt(1/t) = 0.1 ln s + 1); DeepSeek's variant divides two such terms; attention_factor overrides."""
+    def m(mscale=1.0):
+        return 0.1 * mscale * math.log(rs["factor"]) + 1.0 if rs["factor"] > 1 else 1.0
+    if rs.get("attention_factor"):
+        return rs["attention_factor"]
+    return m(rs["mscale"]) / m(rs["mscale_all_dim"]) if rs.get("mscale") and rs.get("mscale_all_dim") else m()
+
+
+def rope_yarn_pose(d, base, rs, L0, seq_len):
+    """The PoSE paper's PoSE-YaRN, the official code's "revised" YaRN: yarn_keep's ramp blends the divisors,
+    inv_freq / ((1 − keep) · s + keep), where transformers' YaRN blends the frequencies; the same temperature."""
+    keep = yarn_keep(d, base, rs, L0)
+    return rope_frequencies(d, base) / ((1 - keep) * rs["factor"] + keep), yarn_attention_factor(rs)
+
+
+def rope_ntk(d, base, rs, L0, seq_len):
+    """Fixed NTK-aware scaling (bloc97 2023): base' = base · α^(d/(d−2)), nothing else. The slowest pair
+    (i = d/2 − 1) turns at base'^(−(d−2)/d) = base^(−(d−2)/d) / α, exactly α times slower (interpolated, as
+    linear would), while pair 0 keeps inv_freq 1 (extrapolated); pairs between are divided by less than α."""
+    return rope_frequencies(d, base * rs["alpha"] ** (d / (d - 2))), 1.0
+
+
+def rope_dynamic(d, base, rs, L0, seq_len):
+    """Dynamic NTK (transformers' "dynamic"): fixed NTK whose α follows the longest position in use,
+    α = s · L / L0 − (s − 1) with L = max(seq_len, L0): plain RoPE (α = 1) up to L0, then growing with L."""
+    L, s = max(seq_len or 0, L0), rs["factor"]
+    return rope_frequencies(d, base * (s * L / L0 - (s - 1)) ** (d / (d - 2))), 1.0
+
+
+def rope_yarn(d, base, rs, L0, seq_len):
+    """YaRN (Peng et al. 2023) as transformers defines it: inv_freq · keep + inv_freq / s · (1 − keep) with
+    yarn_keep's ramp, cos and sin times yarn_attention_factor."""
+    inv_freq, keep = rope_frequencies(d, base), yarn_keep(d, base, rs, L0)
+    return inv_freq / rs["factor"] * (1 - keep) + inv_freq * keep, yarn_attention_factor(rs)
+
+
+def rope_llama3(d, base, rs, L0, seq_len):
+    """Llama 3.1's rule: wavelengths shorter than L0 / high_freq_factor keep their frequency, longer than
+    L0 / low_freq_factor are divided by s, and between the two the frequency is blended by how many times the
+    pair turns over L0."""
+    inv_freq, s, lo, hi = rope_frequencies(d, base), rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+    turns = L0 * inv_freq / (2 * math.pi)                  # L0 / wavelength
+    keep = ((turns - lo) / (hi - lo)).clamp(0, 1)           # 0: ÷ s (long wavelengths), 1: kept (short ones)
+    return inv_freq / s * (1 - keep) + inv_freq * keep, 1.0
+
+
+def rope_longrope(d, base, rs, L0, seq_len):
+    """LongRoPE (Ding et al. 2024, Phi-3): a searched divisor per pair, short_factor while every position is below
+    L0 and long_factor past it; cos and sin times sqrt(1 + ln s / ln L0)."""
+    s = rs["factor"]
+    divisors = rs["long_factor"] if (seq_len or 0) > L0 else rs["short_factor"]
+    att = rs.get("attention_factor") or (math.sqrt(1 + math.log(s) / math.log(L0)) if s > 1 else 1.0)
+    return rope_frequencies(d, base) / torch.tensor(divisors, dtype=torch.float64), att
+
+
+ROPE_SCALINGS = {"linear": rope_linear, "yarn_pose": rope_yarn_pose, "ntk": rope_ntk, "dynamic": rope_dynamic,
+                 "yarn": rope_yarn, "llama3": rope_llama3, "longrope": rope_longrope}  # rope_type -> its rule
+ROPE_TYPES = tuple(ROPE_SCALINGS)
+
+
 def rope_inv_freq(cfg, seq_len=None):
-    """inv_freq (head_dim/2,) in float64 and the attention factor that multiplies cos and sin.
+    """inv_freq (head_dim/2,) in float64 and the attention factor of cfg's RoPE; `seq_len` matters only for
+    'dynamic' and 'longrope', which change with the longest position in use."""
+    if not cfg.rope_scaling:
+        return rope_frequencies(cfg.head_dim, cfg.rope_theta), 1.0
+    rule = ROPE_SCALINGS[cfg.rope_scaling["rope_type"]]
+    return rule(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.L0, seq_len)
 
-    `seq_len` matters only for 'dynamic', whose base grows with the longest position seen, and 'longrope',
-    which switches from short to long divisors past L0 (both HF semantics)."""
-    d, base, rs = cfg.head_dim, cfg.rope_theta, cfg.rope_scaling or {"rope_type": "default"}
-    kind, s, L0 = rs["rope_type"], rs.get("factor", 1.0), cfg.original_len
-    if kind == "ntk":     # fixed NTK-aware: a larger base, nothing else; exported as a new rope_theta
-        base = base * rs["alpha"] ** (d / (d - 2))
-    if kind == "dynamic":
-        L = max(seq_len or 0, L0)
-        base = base * ((s * L / L0) - (s - 1)) ** (d / (d - 2))
-    inv_freq = 1.0 / base ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
-    if kind == "linear":  # position interpolation: every position divided by s
-        return inv_freq / s, 1.0
-    if kind in ("yarn", "yarn_pose"):
-        # dims that turn fewer than beta_slow times over L0 are interpolated, more than beta_fast kept, a ramp between
-        def corr_dim(rot):
-            return d * math.log(L0 / (rot * 2 * math.pi)) / (2 * math.log(base))
-        low, high = corr_dim(rs.get("beta_fast") or 32), corr_dim(rs.get("beta_slow") or 1)
-        if rs.get("truncate", True):
-            low, high = math.floor(low), math.ceil(high)
-        low, high = max(low, 0), min(high, d - 1)
-        ramp = ((torch.arange(d // 2, dtype=torch.float64) - low) / max(high - low, 1e-3)).clamp(0, 1)
-        keep = 1 - ramp       # 1: keep the original frequency (extrapolate), 0: divide by s (interpolate)
-        if kind == "yarn":    # transformers' blend of the two frequencies
-            inv_freq = inv_freq / s * (1 - keep) + inv_freq * keep
-        else:                 # the official PoSE code's "revised" blend of the divisors instead
-            inv_freq = inv_freq / ((1 - keep) * s + keep)
 
-        def mscale(m=1.0):
-            return 0.1 * m * math.log(s) + 1.0 if s > 1 else 1.0
-        att = mscale(rs["mscale"]) / mscale(rs["mscale_all_dim"]) if rs.get("mscale") and rs.get("mscale_all_dim") \
-            else mscale()
-        return inv_freq, rs.get("attention_factor") or att
-    if kind == "longrope":
-        divisors = rs["long_factor"] if (seq_len or 0) > L0 else rs["short_factor"]
-        att = rs.get("attention_factor") or (math.sqrt(1 + math.log(s) / math.log(L0)) if s > 1 else 1.0)
-        return inv_freq / torch.tensor(divisors, dtype=torch.float64), att
-    if kind == "llama3":
-        lo, hi = rs["low_freq_factor"], rs["high_freq_factor"]
-        wavelen = 2 * math.pi / inv_freq
-        smooth = ((L0 / wavelen - lo) / (hi - lo)).clamp(0, 1)  # 0 for long wavelengths (÷s), 1 for short (kept)
-        return inv_freq / s * (1 - smooth) + inv_freq * smooth, 1.0
-    return inv_freq, 1.0
+def scaling_for(rope_type, s, L0, beta_fast=32.0, beta_slow=1.0):
+    """The rope_scaling dict of `rope_type` with factor s for a model pretrained at L0 (None for 'none'): what
+    extend_context gives a model. YaRN, llama3, dynamic and longrope remember L0; linear and NTK need only s."""
+    if rope_type == "none":
+        return None
+    rs = {"rope_type": rope_type} | ({"alpha": s} if rope_type == "ntk" else {"factor": s})
+    if rope_type == "llama3":
+        rs |= {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    if rope_type not in ("linear", "ntk"):
+        rs["original_max_position_embeddings"] = L0
+    if rope_type in ("yarn", "yarn_pose"):
+        rs |= {"beta_fast": beta_fast, "beta_slow": beta_slow}
+    return rs
 
 
 class RoPE(nn.Module):
-    """cos/sin tables gathered at arbitrary integer positions, always in float32."""
+    """cos and sin of each row's own integer positions, computed from inv_freq in float32 on every call."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -198,81 +268,43 @@ class Block(nn.Module):
         return x + self.feed_forward(self.ffn_norm(x))
 
 
-class _LinearCrossEntropy(torch.autograd.Function):
-    """The summed cross-entropy of logits h @ weight.T, h (N, dim) and targets (N,), one chunk of rows at a time.
-
-    d loss / d logits = softmax(logits) - onehot(target) is known as soon as a chunk's logits are, so the forward
-    pass turns them into that chunk's share of dh and dweight at once and drops them: peak memory is one chunk of
-    logits, and the (N, V) projection runs once, where recomputing it in the backward pass (checkpointing) would
-    run it twice -- on a small model most of the FLOPs. The backward pass only scales the two gradients."""
-
-    @staticmethod
-    def forward(ctx, h, weight, targets, chunk):
-        need_h, need_w = ctx.needs_input_grad[:2]
-        total = torch.zeros((), device=h.device)
-        dh, dw = torch.empty_like(h) if need_h else None, None
-        for i in range(0, h.size(0), chunk):
-            hc, tc = h[i:i + chunk], targets[i:i + chunk]
-            logits = (hc @ weight.t()).float()                            # (n, V)
-            scored, t = (tc != -1).unsqueeze(1), tc.clamp(min=0).unsqueeze(1)  # (n, 1): -1 marks an ignored target
-            top, target_logit = logits.amax(-1, keepdim=True), logits.gather(1, t)
-            p = logits.sub_(top).exp_()                                    # in place: softmax times its sum
-            sum_p = p.sum(-1, keepdim=True)
-            total += ((sum_p.log() + top - target_logit) * scored).sum()  # logsumexp - the target's logit
-            p.mul_(scored / sum_p).scatter_add_(1, t, -scored.float())    # softmax - onehot; 0 where ignored
-            p = p.to(weight.dtype)
-            if need_h:
-                dh[i:i + chunk] = p @ weight
-            if need_w:  # summed in the weight's dtype, whatever autocast computes the product in
-                dw_chunk = (p.t() @ hc).to(weight.dtype)
-                dw = dw_chunk if dw is None else dw.add_(dw_chunk)
-        ctx.grads = dh, dw  # neither an input nor an output, so kept on ctx, and scaled in place below
-        return total
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        if ctx.grads is None:
-            raise RuntimeError("chunked_cross_entropy's gradients are precomputed for one backward pass, not two")
-        (dh, dw), ctx.grads = ctx.grads, None
-        return None if dh is None else dh.mul_(g), None if dw is None else dw.mul_(g), None, None
-
-
-def chunked_cross_entropy(h, weight, targets, reduction="mean", chunk=1024):
-    """Cross-entropy of logits h @ weight.T without ever holding all (B, T, V) of them. Targets of -1 are ignored.
-
-    A sum or mean under autograd is _LinearCrossEntropy's. Per-token losses (reduction "none") under autograd
-    recompute each chunk in the backward pass instead: their weight gradient cannot be summed ahead of time."""
-    h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
-    if reduction != "none" and torch.is_grad_enabled():
-        total = _LinearCrossEntropy.apply(h, weight, targets, chunk)
-    else:
-        def nll(hc, tc):
-            return F.cross_entropy((hc @ weight.t()).float(), tc, ignore_index=-1, reduction="none")
-        parts = []
-        for i in range(0, h.size(0), chunk):
-            hc, tc = h[i:i + chunk], targets[i:i + chunk]
-            parts.append(checkpoint(nll, hc, tc, use_reentrant=False) if torch.is_grad_enabled() else nll(hc, tc))
-        losses = torch.cat(parts)
-        if reduction == "none":
-            return losses
-        total = losses.sum()
-    return total if reduction == "sum" else total / (targets != -1).sum().clamp(min=1)
-
-
 class LLaMA(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.cfg = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        self.rope = RoPE(cfg)
+        self.cfg = cfg  # and with it self.rope (the setter below)
         self.gradient_checkpointing = False
         self.apply(self._init_weights)
+
+    @property
+    def cfg(self):
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, cfg):
+        """A new config brings its own RoPE: the frequencies can never lag behind the scaling the config names."""
+        self._cfg = cfg
+        self.rope = RoPE(cfg).to(self.tok_embeddings.weight.device)
+
+    def extend_context(self, Lt, rope_type, L0=None, factor=None, beta_fast=32.0, beta_slow=1.0):
+        """Give the model the RoPE scaling `rope_type` (see ROPE_SCALINGS, or 'none') for positions [0, Lt); returns it.
+
+        The factor is s = Lt / L0, L0 being the length the model was *pretrained* at (its config's, or `L0` for a Meta
+        checkpoint, which does not record it), not the training window Lc: Llama-2 (L0 = 4096) trained on 2k windows
+        for 16k gets s = 4. `factor` overrides s."""
+        L0 = L0 or self.cfg.L0
+        s = factor or Lt / L0
+        if rope_type != "none" and s <= 1:
+            raise ValueError(f"Lt={Lt} is within the length the model was pretrained at (L0={L0}): there is nothing "
+                             "to extend (rope_type=keep or none), or set rope_factor")
+        rs = scaling_for(rope_type, s, L0, beta_fast, beta_slow)
+        self.cfg = replace(self.cfg, rope_scaling=rs, max_seq_len=max(Lt, L0), L0=L0)
+        return self
 
     @staticmethod
     def _init_weights(m):
@@ -300,6 +332,9 @@ class LLaMA(nn.Module):
         x = self.norm(x)
         if targets is None:
             return self.output(x).float()
+        # = F.cross_entropy(self.output(x).float(), targets, ignore_index=-1), without ever holding the (B, T, V)
+        # logits: at T = 16k and a 32k vocabulary they would be 2 GiB in float32, more than the model's activations
+        # (chunked_loss.py; it is memory, not PoSE)
         return chunked_cross_entropy(x, self.output.weight, targets, reduction)
 
     def new_cache(self):

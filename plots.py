@@ -39,7 +39,7 @@ def _save(fig, path):
 
 
 def plot_perplexity(ppl, path, marks=None, title="Perplexity vs evaluation length"):
-    """ppl {model: {length: perplexity}}; marks {length: label} draws e.g. Lc and Lt as dashed lines."""
+    """ppl {model: {length: perplexity}}; marks {length: label} draws e.g. L0 and Lt as dashed lines."""
     fig = Figure(figsize=SIZE)
     ax = fig.subplots()
     lengths = sorted({int(L) for curve in ppl.values() for L in curve})
@@ -59,8 +59,8 @@ def plot_perplexity(ppl, path, marks=None, title="Perplexity vs evaluation lengt
 
 def plot_position_loss(curves, path, marks=None, windows=None, smooth=64):
     """curves {model: mean loss at positions 0 … L-1}, drawn as moving averages over `smooth` positions (the raw
-    curves are noisy); marks {position: label} as dashed lines (Lc, Lt). A model that cannot use positions past
-    its window rises after Lc; one that can stays flat or falls, as more context should make it."""
+    curves are noisy); marks {position: label} as dashed lines (L0, Lt). A model that cannot use positions past
+    the length it was pretrained at rises after L0; one that can stays flat or falls, as more context should."""
     fig = Figure(figsize=(SIZE[0] * 1.2, SIZE[1] * 1.1))
     ax = fig.subplots()
     kernel = np.ones(smooth) / smooth
@@ -78,15 +78,17 @@ def plot_position_loss(curves, path, marks=None, windows=None, smooth=64):
 
 
 def plot_passkey(acc, path, title="Passkey retrieval"):
-    """acc {length: {depth: accuracy in [0, 1]}} -> a heatmap, lengths across and depths down, cells labelled."""
+    """acc {length: {depth: accuracy in [0, 1]}} -> a heatmap, lengths across and depths down, cells labelled (a
+    cell not tried is left blank)."""
     lengths = sorted(acc, key=int)
-    depths = sorted(acc[lengths[0]], key=float)
-    grid = np.array([[acc[L][d] for L in lengths] for d in depths])  # (depths, lengths)
+    depths = sorted({d for cells in acc.values() for d in cells}, key=float)
+    grid = np.array([[acc[L].get(d, np.nan) for L in lengths] for d in depths])  # (depths, lengths)
     fig = Figure(figsize=SIZE)
     ax = fig.subplots()
     im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     for (i, j), v in np.ndenumerate(grid):
-        ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=9)
+        if not np.isnan(v):
+            ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=9)
     ax.set_xticks(range(len(lengths)), [str(L) for L in lengths])
     ax.set_yticks(range(len(depths)), [f"{float(d):.0%}" for d in depths])
     ax.set(xlabel="prompt length (tokens)", ylabel="key depth in the filler", title=title)
@@ -171,12 +173,9 @@ class PlotConfig:
 
 
 def context_marks(models):
-    """{length: "Lc" or "Lt"} from ppl.json's models ({name: {"Lc", "Lt", ...}}), read from the extended ones
-    (Lc < Lt); a model that was not extended (Lc = Lt: a base, or fixed NTK exported as plain RoPE) only adds
-    its window as "Lc" where no extended model marks that length."""
-    extended = [r for r in models.values() if r["Lc"] < r["Lt"]]
-    marks = {r["Lt"]: "Lt" for r in extended} | {r["Lc"]: "Lc" for r in extended}
-    return {r["Lc"]: "Lc" for r in models.values() if r["Lc"] == r["Lt"]} | marks
+    """{length: "L0" or "Lt"} from ppl.json's models ({name: {"L0", "Lt", ...}}): each model's pretraining length
+    and, where it was extended, its target length."""
+    return {r["L0"]: "L0" for r in models.values()} | {r["Lt"]: "Lt" for r in models.values() if r["L0"] < r["Lt"]}
 
 
 def _load(path):

@@ -1,16 +1,17 @@
-"""pose.py: draws PoSE training windows (and the baselines') and measures which positions they teach.
+"""pose.py: PoSE's training windows (and the baselines'), one example at a time, and which positions they teach.
 
-PoSE (Positional Skip-wise training, Zhu et al., ICLR 2024, §3.2) fine-tunes a model whose context is Lc
-tokens to work at a target length Lt > Lc while every training example stays Lc tokens long: it moves
+PoSE (Positional Skip-wise training, Zhu et al., ICLR 2024, §3.2) fine-tunes a model pretrained on L0-token windows
+to work at a target length Lt while every training example stays Lc tokens long (in the paper Lc = L0): it moves
 position ids instead of feeding longer text. Split the window into N chunks c_0 … c_{N-1} of lengths l_i
 (Σ l_i = Lc) that start at st_i = Σ_{j<i} l_j inside the window. Chunk i gets
 
     positions  st_i + u_i + j,  j = 0 … l_i − 1      u_0 = 0,  u_i ~ U{u_{i-1} … Lt − Lc}
     text       x[v_i + st_i : v_i + st_i + l_i]       v_0 = 0,  v_i ~ U{v_{i-1} … Lx − Lc}
 
-so positions only increase, the largest is at most Lt − 1, and the distances between query and key
-range over [0, Lt), not just [0, Lc). l_i, u_i, v_i are redrawn for every example. RoPE interpolation
-(factor s = Lt / Lc) is applied in the model; the positions here are raw integers in [0, Lt).
+so positions only increase, the largest is at most Lt − 1, and the distances between query and key range over
+[0, Lt), not just [0, Lc). l_i, u_i, v_i are redrawn for every example. RoPE interpolation with factor s = Lt / L0
+(L0 the model's pretraining length, not Lc: model.LLaMA.extend_context) is applied in the model; the positions here
+are raw integers in [0, Lt).
 
 Worked example, 2k → 4k (Lc = 2048, Lt = 4096), N = 2: l_0 = 512, l_1 = 1536, u_1 = 2048 gives positions
 [0, 511] ∪ [2560, 4095]. Chunk 1 reads x[v_1 + 512 : v_1 + 2048], and attention between its last token
@@ -51,9 +52,17 @@ METHODS = ("pose", "randpos", "full", "plain")
 TEXTS = ("skip", "contiguous", "aligned")
 
 
+@dataclass
+class Chunks:
+    """One window's chunks c_0 … c_{N-1}; every field an int64 array of N entries."""
+    l: np.ndarray   # l_i: chunk lengths, summing to the window length
+    st: np.ndarray  # st_i: where chunk i starts inside the window
+    u: np.ndarray   # u_i: position skip, chunk i holds positions st_i + u_i …
+    v: np.ndarray   # v_i: text skip, chunk i reads x[st_i + v_i …]
+
+
 def pose_window(Lx, Lc, Lt, N=2, text="skip", *, rng):
-    """One PoSE training window cut from a document x of Lx tokens: (pos, idx), int64 arrays of Lc entries, the
-    window's k-th token being x[idx[k]] at position pos[k]. §3.2 of the paper, one example at a time."""
+    """The chunks of one PoSE training window cut from a document x of Lx tokens: §3.2 of the paper."""
     cuts = []                                           # where chunks 1 … N-1 start inside the window
     if N == 2:                                          # the official rule: the first chunk is at most half the window
         cuts = [rng.integers(1, math.ceil(Lc / 2) + 1)]
@@ -69,107 +78,84 @@ def pose_window(Lx, Lc, Lt, N=2, text="skip", *, rng):
             v[i] = rng.integers(v[i - 1], min(Lx, DOC_CAP * Lc) - Lc + 1)
         elif text == "aligned":                         # every token at its true offset
             v[i] = u[i]
-    pos = np.concatenate([st[i] + u[i] + np.arange(l[i]) for i in range(N)])  # chunk i: positions st_i + u_i + j
-    idx = np.concatenate([st[i] + v[i] + np.arange(l[i]) for i in range(N)])  # and text x[st_i + v_i + j]
-    return pos, idx
+    return Chunks(l=l, st=st, u=u, v=v)
 
 
 def baseline_window(method, Lc, Lt, *, rng):
-    """The baselines' windows, as pose_window's (pos, idx); each reads the document's first tokens."""
-    if method == "randpos":  # Lc distinct positions of [0, Lt), sorted: those of the Lc smallest of Lt random keys
-        return np.sort(np.argsort(rng.random(Lt))[:Lc]), np.arange(Lc)
-    T = Lt if method == "full" else Lc  # full: the first Lt tokens; plain: the first Lc, at positions 0 … T-1
-    return np.arange(T), np.arange(T)
-
-
-def sample(doc, Lc, Lt, method="pose", num_chunks=2, text="skip", *, rng):
-    """One training window from `doc` (token ids): (tokens, pos), int64 arrays of length T = Lc (Lt for full).
-
-    Train on input = tokens[:-1], pos = pos[:-1], targets = tokens[1:]."""
-    _check(len(doc), Lc, Lt, method, num_chunks, text)
-    pos, idx = (pose_window(len(doc), Lc, Lt, num_chunks, text, rng=rng) if method == "pose"
-                else baseline_window(method, Lc, Lt, rng=rng))
-    return np.asarray(doc, dtype=np.int64)[idx], pos
-
-
-# ----------------------------------------------------------------------------- many windows at once, for coverage
-@dataclass
-class Chunks:
-    """B windows of N chunks; every field is an int64 array of shape (B, N)."""
-    l: np.ndarray   # l_i: chunk lengths, summing to the window length T
-    st: np.ndarray  # st_i: where chunk i starts inside the window
-    u: np.ndarray   # u_i: position skip, chunk i holds positions st_i + u_i …
-    v: np.ndarray   # v_i: text skip, chunk i reads x[st_i + v_i …]
-
-
-def _check(Lx, Lc, Lt, method, num_chunks, text):
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if text not in TEXTS:
-        raise ValueError(f"unknown text option {text!r}; choose one of {TEXTS}")
-    if Lt < Lc:
-        raise ValueError(f"target length Lt={Lt} is shorter than the training window Lc={Lc}")
-    if not 1 <= num_chunks <= Lc:
-        raise ValueError(f"num_chunks must be in [1, Lc={Lc}], got {num_chunks}")
-    need = Lt if method == "full" or (method == "pose" and text == "aligned") else Lc
-    if Lx < need:
-        raise ValueError(f"document has {Lx} tokens; method={method!r} text={text!r} needs at least {need}")
-
-
-def _sorted_distinct(rng, size, k, n):
-    """size rows of k sorted distinct integers from [0, n): the k smallest of n uniform keys."""
-    return np.sort(np.argpartition(rng.random((size, n)), k - 1, axis=1)[:, :k], axis=1)
-
-
-def _monotone(rng, size, N, high):
-    """x_0 = 0, x_i ~ U{x_{i-1} … high}: the paper's rule for both u_i and v_i."""
-    x = np.zeros((size, N), np.int64)
-    for i in range(1, N):
-        x[:, i] = rng.integers(x[:, i - 1], high + 1)
-    return x
-
-
-def sample_chunks(Lx, Lc, Lt, method="pose", num_chunks=2, text="skip", *, rng, size=1):
-    """The chunk structure of `size` windows over a document of Lx tokens, drawn at once: the same rules as
-    pose_window and baseline_window (with size=1, the same draws), vectorised for coverage()."""
-    _check(Lx, Lc, Lt, method, num_chunks, text)
-    N, zeros = num_chunks, np.zeros((size, 1), np.int64)
-    if method == "pose":
-        cuts = np.empty((size, 0), np.int64)  # chunk boundaries st_1 … st_{N-1}
-        if N == 2:
-            cuts = rng.integers(1, math.ceil(Lc / 2) + 1, size=(size, 1))
-        elif N > 2:
-            cuts = 1 + _sorted_distinct(rng, size, N - 1, Lc - 1)
-        l = np.diff(np.concatenate([zeros, cuts, zeros + Lc], axis=1), axis=1)
-        u = _monotone(rng, size, N, Lt - Lc)
-        v = {"skip": lambda: _monotone(rng, size, N, min(Lx, DOC_CAP * Lc) - Lc),
-             "contiguous": lambda: np.zeros_like(u), "aligned": lambda: u.copy()}[text]()
-    elif method == "randpos":
-        p = _sorted_distinct(rng, size, Lc, Lt)
-        l = np.ones_like(p)
-        u, v = p - np.arange(Lc), np.zeros_like(p)  # token k sits at position k + u_k = p_k
-    else:  # plain and full: one chunk from the start of the document
-        l, u, v = zeros + (Lt if method == "full" else Lc), zeros, zeros.copy()
-    return Chunks(l=l, st=np.cumsum(l, axis=1) - l, u=u, v=v)
+    """The baselines' windows as chunks; each reads the document's first tokens."""
+    if method == "randpos":  # Lc distinct positions of [0, Lt), sorted (the Lc smallest of Lt random keys): Lc
+        p = np.sort(np.argsort(rng.random(Lt))[:Lc])  # one-token chunks, token k at position k + u_k = p_k
+        return Chunks(l=np.ones(Lc, np.int64), st=np.arange(Lc), u=p - np.arange(Lc), v=np.zeros(Lc, np.int64))
+    T = window_len(method, Lc, Lt)  # full: the first Lt tokens; plain: the first Lc, at positions 0 … T-1
+    return Chunks(l=np.array([T]), st=np.zeros(1, np.int64), u=np.zeros(1, np.int64), v=np.zeros(1, np.int64))
 
 
 def window_indices(ch):
-    """(pos, idx), each (B, T) int64: token k of the window, in chunk i, has position k + u_i and is x[k + v_i]."""
-    B, N = ch.l.shape
-    i = np.repeat(np.tile(np.arange(N), B), ch.l.ravel()).reshape(B, -1)  # chunk of each token, (B, T)
-    k = np.arange(i.shape[1])  # k = st_i + j for the j-th token of chunk i
-    return k + np.take_along_axis(ch.u, i, axis=1), k + np.take_along_axis(ch.v, i, axis=1)
+    """(pos, idx), int64 arrays of the window's length: token k of the window, the j-th of chunk i (k = st_i + j),
+    sits at position k + u_i and is x[k + v_i]."""
+    i = np.repeat(np.arange(len(ch.l)), ch.l)  # the chunk of each token
+    k = np.arange(len(i))
+    return k + ch.u[i], k + ch.v[i]
 
 
+def draw_window(Lx, Lc, Lt, method="pose", num_chunks=2, text="skip", *, rng):
+    """The chunks of one window of `method` over a document of Lx tokens."""
+    check(Lc, Lt, method, num_chunks, text)
+    if Lx < doc_len(method, Lc, Lt, text):
+        raise ValueError(f"document has {Lx} tokens; method={method!r} text={text!r} needs at least "
+                         f"{doc_len(method, Lc, Lt, text)}")
+    if method == "pose":
+        return pose_window(Lx, Lc, Lt, num_chunks, text, rng=rng)
+    return baseline_window(method, Lc, Lt, rng=rng)
+
+
+def sample(doc, Lc, Lt, method="pose", num_chunks=2, text="skip", *, rng):
+    """One training window from `doc` (token ids): (tokens, pos), int64 arrays of length T = window_len(...).
+
+    Train on input = tokens[:-1], pos = pos[:-1], targets = tokens[1:]."""
+    pos, idx = window_indices(draw_window(len(doc), Lc, Lt, method, num_chunks, text, rng=rng))
+    return np.asarray(doc, dtype=np.int64)[idx], pos
+
+
+# ----------------------------------------------------------------------------- what a method needs
+def window_len(method, Lc, Lt):
+    """Tokens in one training window: Lt for Full-length, Lc for every other method."""
+    return Lt if method == "full" else Lc
+
+
+def doc_len(method, Lc, Lt, text="skip"):
+    """Tokens a document must hold for one window: the window's, or Lt for PoSE with aligned text (v_i = u_i)."""
+    return Lt if method == "pose" and text == "aligned" else window_len(method, Lc, Lt)
+
+
+def read_len(method, Lc, Lt, text="skip"):
+    """Tokens a window may read from the start of its document: PoSE's text skip reaches 5·Lc (the official cap)."""
+    return max(DOC_CAP * Lc, doc_len(method, Lc, Lt, text)) if method == "pose" else window_len(method, Lc, Lt)
+
+
+def check(Lc, Lt, method, num_chunks, text):
+    """A ValueError naming the first option that makes no window."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if text not in TEXTS:
+        raise ValueError(f"unknown text option {text!r}; expected one of {', '.join(TEXTS)}")
+    if Lc < 1:
+        raise ValueError(f"Lc={Lc}: the training window must hold at least one token")
+    if Lt < Lc:
+        raise ValueError(f"Lt={Lt} is shorter than Lc={Lc}")
+    if not 1 <= num_chunks <= Lc:
+        raise ValueError(f"num_chunks={num_chunks} must be between 1 and Lc={Lc}")
+
+
+# ----------------------------------------------------------------------------- coverage
 def coverage(method, Lc, Lt, num_chunks=2, n_samples=10_000, *, rng, batch=100):
     """Monte Carlo over n_samples windows -> (relative, absolute), float64 arrays of length Lt:
     relative[d] = P(some query ≥ key pair of one window is d apart), absolute[p] = P(position p occurs)."""
     relative, absolute = np.zeros(Lt), np.zeros(Lt)
     for done in range(0, n_samples, batch):
-        size = min(batch, n_samples - done)
-        pos, _ = window_indices(sample_chunks(Lt, Lc, Lt, method, num_chunks, rng=rng, size=size))
-        hit = np.zeros((size, Lt), np.float32)
-        np.put_along_axis(hit, pos, 1.0, axis=1)
+        hit = np.zeros((min(batch, n_samples - done), Lt), np.float32)  # row b: 1 where window b has a position
+        for row in hit:
+            row[window_indices(draw_window(Lt, Lc, Lt, method, num_chunks, rng=rng))[0]] = 1.0
         f = np.fft.rfft(hit, n=2 * Lt)  # padding to 2·Lt stops the circular correlation from wrapping
         pairs = np.fft.irfft(f.real ** 2 + f.imag ** 2, n=2 * Lt)[:, :Lt]  # pairs[b, d]: #(q, k) with q − k = d
         relative += (pairs > 0.5).sum(axis=0)
@@ -177,9 +163,9 @@ def coverage(method, Lc, Lt, num_chunks=2, n_samples=10_000, *, rng, batch=100):
     return relative / n_samples, absolute / n_samples
 
 
-def describe(ch, Lt, b=0, width=64):
-    """Figure 1 as text: window b's chunks, their positions and skips, and a bar of [0, Lt)."""
-    l, st, u, v = ch.l[b], ch.st[b], ch.u[b], ch.v[b]
+def describe(ch, Lt, width=64):
+    """Figure 1 as text: a window's chunks, their positions and skips, and a bar of [0, Lt)."""
+    l, st, u, v = ch.l, ch.st, ch.u, ch.v
     lines = [f"  {'':4}{'l_i':>6}{'st_i':>7}{'u_i':>7}{'v_i':>7}   {'text':<18}positions"]
     for i in range(min(len(l), 4)):  # RandPos has Lc one-token chunks; the first few tell the story
         text = f"x[{st[i] + v[i]}:{st[i] + v[i] + l[i]}]"
@@ -188,35 +174,57 @@ def describe(ch, Lt, b=0, width=64):
     if len(l) > 4:
         lines.append(f"  … {len(l) - 4} more chunks")
     bar = np.full(width, "·")
-    bar[window_indices(ch)[0][b] * width // Lt] = "█"  # one cell per Lt/width positions
+    bar[window_indices(ch)[0] * width // Lt] = "█"  # one cell per Lt/width positions
     return "\n".join(lines + [f"  0 {''.join(bar)} {Lt - 1}"])
 
 
-if __name__ == "__main__":
+@dataclass
+class CoverageDemo:
+    """python pose.py: the paper's worked example, a few drawn windows, and the coverage figure (2k -> 16k).
+
+    python pose.py --n_samples=2000 --out=/tmp/coverage.png"""
+    Lc: int = 2048            # the training window
+    Lt: int = 16384           # the target length
+    n_samples: int = 10_000   # windows per curve
+    out: str = "plots/coverage.png"  # where the figure goes
+
+    def check(self):
+        check(self.Lc, self.Lt, "pose", 1, "skip")
+        if self.n_samples < 1:
+            raise ValueError(f"--n_samples={self.n_samples}: expected a positive count")
+
+
+def demo(cfg):
     import time
 
     from plots import plot_coverage
 
-    t0, rng = time.time(), np.random.default_rng(0)
-    one = np.ones((1, 2), np.int64)
-    example = Chunks(l=one * [512, 1536], st=one * [0, 512], u=one * [0, 2048], v=one * 0)
+    t0, rng, Lc, Lt = time.time(), np.random.default_rng(0), cfg.Lc, cfg.Lt
+    example = Chunks(l=np.array([512, 1536]), st=np.array([0, 512]), u=np.array([0, 2048]), v=np.zeros(2, np.int64))
     print("Worked example, 2k → 4k, N = 2:\n" + describe(example, 4096))
-    Lc, Lt, n_samples = 2048, 16384, 10_000
     for method, N in [("pose", 2), ("pose", 2), ("pose", 3), ("randpos", 2), ("plain", 1)]:
         name = f"PoSE N = {N}" if method == "pose" else method
         print(f"\n{name}, Lc = {Lc} → Lt = {Lt}, document of {DOC_CAP * Lc} tokens:")
-        print(describe(sample_chunks(DOC_CAP * Lc, Lc, Lt, method, N, rng=rng), Lt))
+        print(describe(draw_window(DOC_CAP * Lc, Lc, Lt, method, N, rng=rng), Lt))
 
     # RandPos first so that plain, drawn over it, stays visible where both are 1
-    methods = {"RandPos": ("randpos", 2), "plain (N = 1, PI only)": ("plain", 1),
+    methods = {"RandPos": ("randpos", 2), "plain windows (N = 1)": ("plain", 1),
                "PoSE N = 2": ("pose", 2), "PoSE N = 3": ("pose", 3)}
     at = {"Lc/2": Lc // 2, "Lc": Lc, "Lt/2": Lt // 2, "Lt-1": Lt - 1}
-    print(f"\nrelative-position coverage, {n_samples} samples, each curve from seed 0\n{'':24}"
+    print(f"\nrelative-position coverage, {cfg.n_samples} samples, each curve from seed 0\n{'':24}"
           + "".join(f"{k:>9}" for k in at))
     curves = {}
     for label, (method, N) in methods.items():
-        curves[label] = coverage(method, Lc, Lt, N, n_samples, rng=np.random.default_rng(0))[0]
+        curves[label] = coverage(method, Lc, Lt, N, cfg.n_samples, rng=np.random.default_rng(0))[0]
         print(f"{label:<24}" + "".join(f"{curves[label][d]:>9.4f}" for d in at.values()))
-    plot_coverage(curves, Lc, "plots/coverage.png", f"Relative-position coverage, {Lc // 1024}k window → "
-                  f"{Lt // 1024}k target ({n_samples:,} samples)")
-    print(f"wrote plots/coverage.png in {time.time() - t0:.1f} s")
+    title = f"Relative-position coverage, Lc = {Lc} → Lt = {Lt} ({cfg.n_samples:,} samples)"
+    plot_coverage(curves, Lc, cfg.out, title)
+    print(f"wrote {cfg.out} in {time.time() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    import sys
+
+    from config import parse_config
+
+    demo(parse_config(CoverageDemo, sys.argv[1:]))

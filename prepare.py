@@ -17,6 +17,7 @@ import argparse
 import gzip
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -37,22 +38,38 @@ def list_files(path):
 
 
 def read_documents(paths, key="text"):
-    """[(name, text)] from files and folders: a text file is one document, a JSON line is one (its `key` field)."""
+    """[(name, text)] from files and folders: a text file is one document, a JSON line is one (its `key` field).
+    Every error names the file (and the line) it comes from."""
     docs = []
     for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
         for file in list_files(os.fspath(path)):
-            with (gzip.open if file.endswith(".gz") else open)(file, "rt", encoding="utf-8") as f:
-                if not file.endswith((".jsonl", ".jsonl.gz")):
-                    docs.append((file, f.read()))
-                    continue
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    row = json.loads(line)
-                    if key not in row:
-                        raise ValueError(f"{file}:{n}: no {key!r} field (choose another with --key)")
-                    docs.append((row.get("title", f"{file}:{n}"), row[key]))
+            try:
+                docs += _read_file(file, key)
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{file}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+            except (OSError, EOFError) as e:  # a .gz that is not gzip, or cut short
+                raise ValueError(f"{file}: unreadable ({e})") from None
     return [(name, text) for name, text in docs if text.strip()]
+
+
+def _read_file(file, key):
+    with (gzip.open if file.endswith(".gz") else open)(file, "rt", encoding="utf-8") as f:
+        if not file.endswith((".jsonl", ".jsonl.gz")):
+            return [(file, f.read())]
+        docs = []
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{file}:{n}: not a JSON line ({e})") from None
+            if not isinstance(row, dict) or key not in row:
+                raise ValueError(f"{file}:{n}: no {key!r} field (choose another with --key)")
+            if not isinstance(row[key], str):
+                raise ValueError(f"{file}:{n}: {key!r} is a {type(row[key]).__name__}, not a string of text")
+            docs.append((str(row.get("title", f"{file}:{n}")), row[key]))
+        return docs
 
 
 def pack_paragraphs(docs, tok, n):
@@ -119,19 +136,34 @@ def write_split(docs, tok, out, split, min_len=0, spec="", source=""):
 
 
 class TokenDataset:
-    """A prepared split: `tokens` (a read-only memmap), `offsets`, `lengths`, and whole documents by index."""
+    """A prepared split: `tokens` (a read-only memmap), `offsets`, `lengths`, and whole documents by index. Files
+    that do not agree with each other (a cut-short .bin, offsets past it) are refused, naming the file."""
 
     def __init__(self, folder, split="train"):
         prefix = os.path.join(folder, split)
         if not os.path.exists(prefix + ".json"):
             raise FileNotFoundError(f"{prefix}.json: no such prepared split (prepare.py makes them)")
-        with open(prefix + ".json") as f:
-            self.meta = json.load(f)
-        self.tokens = np.memmap(prefix + ".bin", dtype=self.meta["dtype"], mode="r")
-        self.offsets = np.load(prefix + ".offsets.npy")
+        try:
+            with open(prefix + ".json") as f:
+                self.meta = json.load(f)
+            dtype = np.dtype(self.meta["dtype"])
+            self.meta["tokenizer"], self.meta["n_vocab"] = str(self.meta["tokenizer"]), int(self.meta["n_vocab"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"{prefix}.json: not a prepared split's description ({type(e).__name__}: {e})") from None
+        size = os.path.getsize(prefix + ".bin")
+        if size % dtype.itemsize:
+            raise ValueError(f"{prefix}.bin: {size} bytes is not a whole number of {dtype} tokens: cut short?")
+        self.tokens = np.memmap(prefix + ".bin", dtype=dtype, mode="r") if size else np.zeros(0, dtype)
+        try:
+            self.offsets = np.load(prefix + ".offsets.npy")
+        except (ValueError, EOFError) as e:
+            raise ValueError(f"{prefix}.offsets.npy: unreadable ({e})") from None
         self.lengths = np.diff(self.offsets)
-        assert self.offsets[-1] == len(self.tokens), (
-            f"{prefix}: offsets end at {self.offsets[-1]}, tokens at {len(self.tokens)}")
+        if self.offsets.ndim != 1 or len(self.offsets) < 2 or self.offsets[0] != 0 or (self.lengths < 0).any() \
+                or self.offsets[-1] != len(self.tokens):
+            raise ValueError(f"{prefix}: the offsets (ending at {self.offsets[-1] if self.offsets.size else None}) "
+                             f"do not cut the {len(self.tokens)} tokens of {prefix}.bin into documents: prepare it "
+                             "again")
 
     def __len__(self):
         return len(self.lengths)
@@ -155,6 +187,10 @@ if __name__ == "__main__":
     parser.add_argument("--pack", type=int, help="cut documents at blank lines and pack the pieces into documents "
                         "of at least this many tokens (default: 1024 for the built-in training books, else 0: whole)")
     args = parser.parse_args()
+    if args.min_len < 0 or (args.pack or 0) < 0:
+        parser.error(f"--min_len={args.min_len} --pack={args.pack}: expected counts >= 0")
+    if not args.split or os.sep in args.split or args.split.startswith("."):
+        parser.error(f"--split={args.split}: expected a plain name (train, eval, ...)")
     print(vars(args))
     try:  # the errors above are meant for people: one line, no traceback
         tok = load_tokenizer(args.tokenizer)
@@ -171,3 +207,5 @@ if __name__ == "__main__":
             write_split(docs, tok, out, split, args.min_len, spec, source)
     except (OSError, ValueError, ImportError) as e:
         parser.error(str(e))
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the split being written was left as it was (every split is written aside, then renamed)")

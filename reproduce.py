@@ -24,11 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-import checkpoint as C
-import eval as E
 import plots
-import train as T
+from checkpoint import from_pretrained, save_pretrained
 from config import parse_config
+from eval import EvalConfig, beyond, evaluate_models
+from train import TrainConfig
+from util import markdown
 
 Lc, Lt = 128, 1024
 RUNS = {  # name -> overrides of configs/tiny_pose.toml (the headline PoSE run: N = 2, PoSE-YaRN, beta_fast 4)
@@ -72,12 +73,12 @@ def make_base(cfg):
     """Pretrain in two stages (a quarter, then half of the rows passkey prompts) and ship the result in bfloat16
     (8 MB), as LLaMA is shipped, with its tokenizer."""
     for stage in ("tiny_pretrain", "tiny_pretrain_passkey"):
-        out_dir = parse_config(T.TrainConfig, [f"configs/{stage}.toml"]).out_dir
+        out_dir = parse_config(TrainConfig, [f"configs/{stage}.toml"]).out_dir
         shutil.rmtree(out_dir, ignore_errors=True)
         run([sys.executable, "train.py", f"configs/{stage}.toml"])
     final = os.path.join(out_dir, "final")
     tok = [os.path.join(final, f) for f in os.listdir(final) if f.endswith(".tiktoken")]
-    C.save_pretrained(C.from_pretrained(final), cfg.base, dtype=torch.bfloat16, tokenizer_files=tok)
+    save_pretrained(from_pretrained(final), cfg.base, dtype=torch.bfloat16, tokenizer_files=tok)
 
 
 def step_costs(runs_dir, names):
@@ -96,7 +97,7 @@ def summary(ppl, keys, distance):
     for name, r in ppl.items():
         acc = {int(L): {float(d): a for d, a in cells.items()} for L, cells in keys[name].items()}
         out[name] = {"ppl": {int(L): v["ppl"] for L, v in r["ppl"].items()},
-                     "beyond": {L: E.beyond(acc, dist, Lc, L) for L in acc}}
+                     "beyond": {L: beyond(acc, dist, Lc, L) for L in acc}}
     return out
 
 
@@ -131,22 +132,22 @@ def checks(s, costs):
             rows.append([claim, "PASS" if ok() else "FAIL", numbers()])
         except KeyError as missing:  # a model this run did not train
             rows.append([claim, "not run", f"no {missing.args[0]} model in this run"])
-    return E.markdown(["claim (paper)", "here", "measured"], rows)
+    return markdown(["claim (paper)", "here", "measured"], rows)
 
 
 def table(s, costs, lengths):
     """One row per model: perplexity per length, passkey on keys farther than Lc per length, training costs."""
-    beyond = [L for L in lengths if L > Lc]
-    header = ([f"ppl @{L}" for L in lengths] + ["passkey beyond Lc @" + "/".join(map(str, beyond)),
+    far = [L for L in lengths if L > Lc]
+    header = ([f"ppl @{L}" for L in lengths] + ["passkey beyond Lc @" + "/".join(map(str, far)),
                                                  "train tok/s", "peak RSS GiB"])
     rows = []
     for name, v in s.items():
         cells = [f"{v['ppl'][L]:.2f}" if v["ppl"][L] < 1e4 else f"{v['ppl'][L]:.1e}" for L in lengths]
-        cells.append(" / ".join(f"{v['beyond'][L]:.0%}" for L in beyond))
+        cells.append(" / ".join(f"{v['beyond'][L]:.0%}" for L in far))
         cost = costs.get(name)
         cells += [f"{cost['tok_s']:,.0f}", f"{cost['mem_gib']:.2f}"] if cost else ["–", "–"]
         rows.append([name] + cells)
-    return E.markdown(["model"] + header, rows)
+    return markdown(["model"] + header, rows)
 
 
 def write_readme(path, section):
@@ -178,10 +179,10 @@ def main(cfg):
     t_train = time.time() - t0
     models = {"base": cfg.base} | {name: os.path.join(cfg.runs_dir, name, "final") for name in runs}
     lengths = [Lc * k for k in (1, 2, 4, 8)]
-    ecfg = E.EvalConfig(models=",".join(f"{n}={p}" for n, p in models.items()), lengths=",".join(map(str, lengths)),
+    ecfg = EvalConfig(models=",".join(f"{n}={p}" for n, p in models.items()), lengths=",".join(map(str, lengths)),
                         stride=Lc, max_tokens=cfg.eval_tokens, passkey_trials=cfg.passkey_trials, position_len=Lt,
                         out=cfg.out, plots=cfg.plots)
-    ppl, keys = E.evaluate_models(ecfg)
+    ppl, keys = evaluate_models(ecfg)
     distance = json.load(open(os.path.join(cfg.out, "passkey.json")))["distance"]
     s, costs = summary(ppl, keys, distance), step_costs(cfg.runs_dir, runs)
     results, claims = table(s, costs, lengths), checks(s, costs)

@@ -147,6 +147,28 @@ def load_tokenizer(spec="web-bpe4k"):
                      "or a .tiktoken file")
 
 
+def own_tokenizer(folder):
+    """The tokenizer a model folder carries (train.py writes it beside the weights), or None."""
+    try:
+        return load_tokenizer(folder)
+    except (OSError, ValueError):
+        return None
+
+
+def check_vocabulary(vocab_size, folder, tok, fix="pass the model's own with --tokenizer"):
+    """A ValueError unless `tok` is the tokenizer of the model in `folder` with `vocab_size` embeddings: its ids are
+    the model's rows (none beyond them, and no more unused rows than padding to a multiple of 1024 leaves, as GPT-2's
+    50257 -> 50304), and where the folder carries a tokenizer of its own, it encodes as that one does."""
+    n = tok.n_vocab
+    if n > vocab_size or vocab_size > -(-n // 1024) * 1024:
+        raise ValueError(f"{folder} has {vocab_size} token embeddings, the tokenizer {tok.name} {n} tokens: they are "
+                         f"not one model's ({fix})")
+    own = own_tokenizer(folder)
+    probe = "In the beginning, 12345 words. "
+    if own is not None and own.encode(probe) != tok.encode(probe):
+        raise ValueError(f"{folder} carries its own tokenizer ({own.name}), which is not {tok.name} ({fix})")
+
+
 def tokenizer_files(spec):
     """The files a tokenizer spec is read from (what a model folder needs to carry its own tokenizer)."""
     tok_path = WEB_BPE if spec == "web-bpe4k" else spec.removeprefix("gpt2:")

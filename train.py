@@ -5,16 +5,17 @@
     torchrun --nproc_per_node=8 train.py configs/llama2_7b_pose_16k.toml --fsdp=true
     python train.py -h                                              # every option
 
-One plain loop for all of them: sample windows (pose.py), forward with explicit positions (model.py), AdamW with
-warm-up and decay. Checkpoints are Hugging Face directories (plus train_state.pt for resuming) written atomically;
-the final model is out_dir/final, which transformers loads as it is.
+Read it top to bottom: the options, then the data (windows cut by pose.py), the model (loaded, its context
+extended, LoRA), and train(): setup, then one loop -- batch, forward/backward, clip, step, log, eval, checkpoint.
+Checkpoints are Hugging Face directories (plus train_state.pt for resuming) written whole or not at all
+(checkpoint.py); the final model is out_dir/final, which transformers loads as it is.
 """
 import json
 import math
 import os
-import resource
-import shutil
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -24,14 +25,20 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-import model as M
 import pose
-from checkpoint import load_tensors, from_pretrained, save_pretrained
-from config import parse_config
+from checkpoint import (claim_run_folder, from_pretrained, latest_checkpoint, load_tensors, open_log, raw_model,
+                        save_checkpoint, save_model)
+from config import in_range, non_negative, one_of, parse_config, positive
 from eval import perplexity
+from lora import add_lora
+from model import ROPE_TYPES, LLaMA, ModelConfig
 from passkey import passkey_example
 from prepare import TokenDataset
-from tokenizer import load_tokenizer, start_id, tokenizer_files
+from tokenizer import check_vocabulary, load_tokenizer, start_id, tokenizer_files
+from util import check_device, memory_peak, pick_device
+
+DTYPES = ("float32", "bfloat16", "float16")
+LORA_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")  # the projections LoRA can adapt
 
 
 @dataclass
@@ -99,48 +106,65 @@ class TrainConfig:
     ckpt_interval: int = 100    # steps between checkpoints; 0: only at the end
     keep_checkpoints: int = 1   # how many checkpoints to keep
 
-
-# ----------------------------------------------------------------------------- config
-def check_config(cfg):
-    if cfg.method not in pose.METHODS:
-        sys.exit(f"error: unknown method {cfg.method!r}; expected one of {', '.join(pose.METHODS)}")
-    if cfg.Lt < cfg.Lc:
-        sys.exit(f"error: Lt={cfg.Lt} is shorter than Lc={cfg.Lc}")
-    if not 1 <= cfg.num_chunks <= cfg.Lc:
-        sys.exit(f"error: num_chunks={cfg.num_chunks} must be between 1 and Lc={cfg.Lc}")
-    if cfg.text not in pose.TEXTS:
-        sys.exit(f"error: unknown text option {cfg.text!r}; expected one of {', '.join(pose.TEXTS)}")
-    if cfg.base_dtype != "float32" and not (cfg.lora_rank and cfg.dtype == cfg.base_dtype):
-        sys.exit(f"error: base_dtype={cfg.base_dtype} needs LoRA (lora_rank > 0) and dtype={cfg.base_dtype} autocast")
-    if cfg.rope_type == "longrope":
-        sys.exit("error: rope_type=longrope needs per-dimension factors, which only a checkpoint's config gives: keep "
-                 "them with rope_type=keep, or choose linear, ntk, dynamic, yarn, yarn_pose or llama3")
-    if cfg.rope_type not in ("keep", "none") + M.ROPE_TYPES:
-        sys.exit(f"error: unknown rope_type {cfg.rope_type!r}")
-    if cfg.start not in ("doc", "random"):
-        sys.exit(f"error: unknown start {cfg.start!r}; expected doc or random")
+    def check(self):
+        """A ValueError naming the first option that cannot work (parse_config and train() call it)."""
+        one_of(self, "start", ("doc", "random"))
+        positive(self, "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "batch_size", "grad_accum",
+                 "max_steps", "log_interval", "eval_docs", "keep_checkpoints")
+        if self.n_heads % self.n_kv_heads or self.dim % self.n_heads or self.dim // self.n_heads % 2:
+            raise ValueError(f"--n_heads={self.n_heads} --n_kv_heads={self.n_kv_heads} --dim={self.dim}: expected "
+                             "n_kv_heads dividing n_heads, and dim a multiple of n_heads with an even quotient")
+        non_negative(self, "L0", "rope_factor", "warmup_steps", "lr", "weight_decay", "grad_clip", "lora_rank",
+                     "eval_interval", "eval_tokens", "ckpt_interval", "seed")
+        if self.Lc < 2:  # a window of T tokens trains on T - 1 next-token targets
+            raise ValueError(f"--Lc={self.Lc}: expected 2 or more")
+        pose.check(self.Lc, self.Lt, self.method, self.num_chunks, self.text)
+        in_range(self, "passkey_share", 0, 1, "a share in [0, 1]")
+        if self.rope_type == "longrope":
+            raise ValueError("--rope_type=longrope needs per-dimension factors, which only a checkpoint's config gives: "
+                             "keep them with rope_type=keep, or choose linear, ntk, dynamic, yarn, yarn_pose or llama3")
+        one_of(self, "rope_type", ("keep", "none") + ROPE_TYPES)
+        if self.rope_factor and self.rope_factor <= 1:
+            raise ValueError(f"--rope_factor={self.rope_factor}: expected 0 (Lt / L0) or a factor above 1")
+        if not 0 < self.yarn_beta_slow < self.yarn_beta_fast < math.inf:
+            raise ValueError(f"--yarn_beta_fast={self.yarn_beta_fast} --yarn_beta_slow={self.yarn_beta_slow}: expected "
+                             "0 < yarn_beta_slow < yarn_beta_fast")
+        in_range(self, "rope_theta", 1e-9, math.inf, "a positive base")
+        in_range(self, "min_lr", 0, self.lr, f"a rate in [0, lr={self.lr}]")
+        one_of(self, "decay", ("linear", "cosine"))
+        in_range(self, "beta1", 0, 0.999999, "a number in [0, 1)")
+        in_range(self, "beta2", 0, 0.999999, "a number in [0, 1)")
+        in_range(self, "lora_alpha", 1e-9, math.inf, "a positive number")
+        if self.lora_rank and not set(self.lora_targets.split(",")) <= set(LORA_TARGETS):
+            raise ValueError(f"--lora_targets={self.lora_targets}: expected a comma-separated subset of "
+                             f"{','.join(LORA_TARGETS)}")
+        one_of(self, "base_dtype", DTYPES)
+        one_of(self, "dtype", DTYPES)
+        if self.base_dtype != "float32" and not (self.lora_rank and self.dtype == self.base_dtype):
+            raise ValueError(f"--base_dtype={self.base_dtype}: expected float32, or LoRA (lora_rank > 0) with "
+                             f"dtype={self.base_dtype} autocast")
+        check_device(self.device)
+        if not self.out_dir:
+            raise ValueError("--out_dir=: expected a folder")
 
 
 # ----------------------------------------------------------------------------- data
-def window_len(cfg):
-    return cfg.Lt if cfg.method == "full" else cfg.Lc
-
-
 def get_batch(data, cfg, rng, rows, tok=None):
     """`rows` training windows: (x, pos, y), each (rows, T - 1) int64, x/pos the input and y the next tokens.
 
     Each window is cut by pose.sample from a random document (drawn in proportion to its length) that holds the
     window: from the document's first tokens -- 5·Lc for PoSE, as the official code, Lt for full, Lc for the others
-    -- so that chunk 0 starts with the document's BOS at position 0 (start="doc"); or, with start="random", from as
-    many tokens at a random offset, with the document's BOS put in front (where documents' starts are little text).
-    With passkey_share, that share of rows begins with a synthetic passkey prompt and its answer (tokenizer `tok`),
-    at the window's positions -- under PoSE with the skip between the key and the question (see passkey_row)."""
-    need = cfg.Lt if cfg.method == "full" or cfg.text == "aligned" else cfg.Lc
+    (pose.read_len) -- so that chunk 0 starts with the document's BOS at position 0 (start="doc"); or, with
+    start="random", from as many tokens at a random offset, with the document's BOS put in front (where documents'
+    starts are little text). With passkey_share, that share of rows begins with a synthetic passkey prompt and its
+    answer (tokenizer `tok`), at the window's positions -- under PoSE with the skip between the key and the question
+    (see passkey_row)."""
+    need = pose.doc_len(cfg.method, cfg.Lc, cfg.Lt, cfg.text)
     docs = data.docs_at_least(need)
     if len(docs) == 0:
         raise ValueError(f"no document in {cfg.data_dir} has the {need} tokens a {cfg.method} window needs")
     weights = data.lengths[docs] / data.lengths[docs].sum()
-    span = max(pose.DOC_CAP * cfg.Lc, need) if cfg.method == "pose" else window_len(cfg)  # what a window reads
+    span = pose.read_len(cfg.method, cfg.Lc, cfg.Lt, cfg.text)  # what a window may read
     xs, ps = [], []
     for d in rng.choice(docs, size=rows, p=weights):
         doc = data.doc(d)
@@ -182,159 +206,58 @@ def get_lr(step, cfg):
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * shape
 
 
-# ----------------------------------------------------------------------------- model, context extension, LoRA
-def extend_context(mcfg, cfg):
-    """The model config with the RoPE scaling that maps positions [0, Lt) onto what the model knows.
-
-    The factor is s = Lt / L0, L0 being the length the model was *pretrained* at (its config's, or cfg.L0), not the
-    training window Lc: Llama-2 (L0 = 4096) trained on 2k windows for 16k gets s = 4. YaRN, llama3 and dynamic
-    remember L0; linear and fixed NTK need only s."""
-    if cfg.rope_type == "keep":
-        return mcfg
-    L0 = cfg.L0 or mcfg.original_len
-    factor = cfg.rope_factor or cfg.Lt / L0
-    if cfg.rope_type != "none" and factor <= 1:
-        raise ValueError(f"Lt={cfg.Lt} is within the length the model was pretrained at (L0={L0}): there is nothing "
-                         "to extend (rope_type=keep or none), or set rope_factor")
-    rs = {"none": None, "ntk": {"alpha": factor},
-          "llama3": {"factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0}}.get(cfg.rope_type,
-                                                                                              {"factor": factor})
-    if rs is not None:
-        rs = {"rope_type": cfg.rope_type} | rs
-        if cfg.rope_type not in ("linear", "ntk"):
-            rs["original_max_position_embeddings"] = L0
-        if cfg.rope_type in ("yarn", "yarn_pose"):
-            rs |= {"beta_fast": cfg.yarn_beta_fast, "beta_slow": cfg.yarn_beta_slow}
-    return M.ModelConfig(**(asdict(mcfg) | {"rope_scaling": rs, "max_seq_len": max(cfg.Lt, L0)}))
+# ----------------------------------------------------------------------------- the model
+def load_model(cfg, resume=None, state=None, tok=None):
+    """The model to train: built from scratch, read from init_from, or (resume, state) the checkpoint to continue;
+    given the RoPE scaling for Lt (model.LLaMA.extend_context); with LoRA adapters if lora_rank > 0. With `tok`,
+    the data's tokenizer, a model whose tokenizer it is not is refused."""
+    if state and not cfg.lora_rank:  # fully trained: the checkpoint is the model, already extended
+        model = from_pretrained(resume)
+    else:
+        model = build_model(cfg, state)
+    if tok is not None:
+        check_tokenizer(model, cfg, tok, resume or (state["base_from"] if state else cfg.init_from))
+    model.gradient_checkpointing = cfg.grad_checkpointing
+    return model
 
 
-class LoRALinear(nn.Module):
-    """y = W x + (alpha / r) · B A x with W frozen; B starts at zero, so training starts from the base model."""
-
-    def __init__(self, base, rank, alpha):
-        super().__init__()
-        self.base, self.scale = base, alpha / rank
-        self.A = nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
-        self.B = nn.Parameter(torch.zeros(base.out_features, rank))
-
-    def forward(self, x):
-        return self.base(x) + (x @ self.A.t() @ self.B.t()) * self.scale
-
-
-def add_lora(model, cfg):
-    """Freeze the model, add adapters to lora_targets, unfreeze embeddings / norms if asked. What is trained is
-    float32 whatever the frozen base's dtype: at lr 2e-5, AdamW's steps are far below bfloat16's spacing near 1.0
-    (2^-7), so a bfloat16 norm weight would never move."""
-    targets = set(cfg.lora_targets.split(","))
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for layer in model.layers:
-        for parent in (layer.attention, layer.feed_forward):
-            for name in targets & set(dict(parent.named_children())):
-                setattr(parent, name, LoRALinear(getattr(parent, name), cfg.lora_rank, cfg.lora_alpha))
-    for name, p in model.named_parameters():
-        if (cfg.lora_train_embeddings and name.startswith(("tok_embeddings", "output"))) or \
-           (cfg.lora_train_norms and name.endswith("norm.weight")):
-            p.requires_grad_(True)
-        if p.requires_grad:
-            p.data = p.data.float()  # in place: a tied embedding stays one parameter
+def build_model(cfg, state):
+    """A fresh run's model, or under LoRA a resumed run's base with its trained weights put back."""
+    torch.manual_seed(cfg.seed)  # a model from scratch, and LoRA's adapters, start from the run's seed
+    base_from = state["base_from"] if state else cfg.init_from  # under LoRA the frozen base is where the run began
+    if base_from == "scratch":
+        model = LLaMA(ModelConfig(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
+                                  vocab_size=cfg.vocab_size, rope_theta=cfg.rope_theta, max_seq_len=cfg.Lc,
+                                  tie_embeddings=cfg.tie_embeddings))
+    else:
+        model = from_pretrained(base_from, max_seq_len=cfg.L0 or None, dtype=getattr(torch, cfg.base_dtype))
+    if cfg.rope_type != "keep":
+        model.extend_context(cfg.Lt, cfg.rope_type, L0=cfg.L0, factor=cfg.rope_factor, beta_fast=cfg.yarn_beta_fast,
+                             beta_slow=cfg.yarn_beta_slow)
+    if cfg.lora_rank:
+        add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets.split(","), cfg.lora_train_embeddings,
+                 cfg.lora_train_norms)
+        if state:
+            model.load_state_dict(state["trained"], strict=False)
+    return model
 
 
-def merge_lora(sd, cfg):
-    """A full state dict with LoRA adapters -> the plain LLaMA one, each B·A·(alpha / rank) folded into its weight."""
-    scale, out = cfg.lora_alpha / max(cfg.lora_rank, 1), {}
-    for k, v in sd.items():
-        if k.endswith(".base.weight"):
-            stem = k[:-len(".base.weight")]
-            out[stem + ".weight"] = v + (sd[stem + ".B"] @ sd[stem + ".A"]).to(v.dtype) * scale
-        elif not k.endswith((".A", ".B")):
-            out[k] = v
-    return out
+def params(model):
+    """The parameters this run trains."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
-def load_model(init_from, cfg):
-    if init_from == "scratch":
-        return M.LLaMA(M.ModelConfig(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-                                     n_kv_heads=cfg.n_kv_heads, vocab_size=cfg.vocab_size,
-                                     rope_theta=cfg.rope_theta, max_seq_len=cfg.Lc,
-                                     tie_embeddings=cfg.tie_embeddings))
-    return from_pretrained(init_from, max_seq_len=cfg.L0 or None, dtype=getattr(torch, cfg.base_dtype))
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def latest_checkpoint(out_dir):
-    try:
-        with open(os.path.join(out_dir, "latest")) as f:
-            return os.path.join(out_dir, f.read().strip())
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
-def _write_atomic(path, text):
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
-
-
-def full_state(model, optimizer=None):
-    """Whole (unsharded, CPU) state dicts of the model and optimizer, also under DDP and FSDP (a collective)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_state_dict(model, optimizer, options=opts) if optimizer else (get_model_state_dict(model, options=opts), None)
-
-
-def save_model(model, cfg, path, tok_files=()):
-    """The model, adapters merged, as a Hugging Face directory with its tokenizer (every rank must call it)."""
-    sd, _ = full_state(model)
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        save_pretrained(raw_model(model), path, merge_lora(sd, cfg), tokenizer_files=tok_files)
-
-
-def save_checkpoint(model, optimizer, scaler, step, rng, cfg, base_from, tok_files=()):
-    """out_dir/ckpt_STEP: the merged model as a HF directory + train_state.pt; then `latest` is switched to it.
-
-    The pointer moves only once the directory is complete, so a crash mid-save leaves the last good one."""
-    model_sd, optim_sd = full_state(model, optimizer)
-    if dist.is_initialized() and dist.get_rank() != 0:
-        return
-    name = f"ckpt_{step:07d}"
-    tmp = os.path.join(cfg.out_dir, f".{name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(raw_model(model), tmp, merge_lora(model_sd, cfg), tokenizer_files=tok_files)
-    trained = {k for k, p in raw_model(model).named_parameters() if p.requires_grad}
-    with open(os.path.join(tmp, "train_state.pt"), "wb") as f:
-        torch.save({"trained": {k: v for k, v in model_sd.items() if k in trained} if cfg.lora_rank else {},
-                    "optimizer": optim_sd, "scaler": scaler.state_dict(), "step": step, "base_from": base_from,
-                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "config": asdict(cfg)}, f)
-        f.flush()
-        os.fsync(f.fileno())  # on disk before the directory is renamed into place (as save_pretrained's files)
-    shutil.rmtree(os.path.join(cfg.out_dir, name), ignore_errors=True)
-    os.replace(tmp, os.path.join(cfg.out_dir, name))
-    _write_atomic(os.path.join(cfg.out_dir, "latest"), name)
-    old = sorted(d for d in os.listdir(cfg.out_dir) if d.startswith("ckpt_") and d != name)
-    for d in old[:max(len(old) - cfg.keep_checkpoints + 1, 0)]:
-        shutil.rmtree(os.path.join(cfg.out_dir, d), ignore_errors=True)
-
-
-def peak_memory_gib(device):
-    """This process's peak memory: the allocator's on a GPU; on a CPU the resident set's high-water mark, VmHWM,
-    which starts afresh in every process (getrusage's ru_maxrss is carried over from a parent across exec)."""
+def init_distributed(device):
+    """(rank, world size, device): under torchrun one process group, each rank on its own GPU; else (0, 1, device)."""
+    if int(os.environ.get("RANK", -1)) == -1:
+        return 0, 1, device
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**30
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**20
-    except (OSError, StopIteration):  # not Linux
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device
 
 
-def raw_model(model):
-    return getattr(model, "module", model)
-
-
-# ----------------------------------------------------------------------------- evaluation
 def evaluate(model, docs, cfg, bos_id, ctx, device):
     """{L: mean next-token loss} at L = Lc and Lt, by eval.py's perplexity() (sliding window, stride Lc)."""
     model.eval()
@@ -345,142 +268,213 @@ def evaluate(model, docs, cfg, bos_id, ctx, device):
     return out
 
 
-# ----------------------------------------------------------------------------- the loop
-def train(cfg):
-    check_config(cfg)
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    rank, world = 0, 1
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if ddp:
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if device.startswith("cuda"):
-            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-            torch.cuda.set_device(device)
-    master = rank == 0
-    say = print if master else (lambda *a, **k: None)
-    say(json.dumps(asdict(cfg)))
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)  # the same on every rank: each takes its own rows of one global batch
+def load_data(cfg):
+    """(train split, the first tokens of a few held-out documents for the periodic evaluation, tokenizer, its files)."""
     train_data, eval_data = TokenDataset(cfg.data_dir, "train"), TokenDataset(cfg.data_dir, "eval")
     tok, tok_files = load_tokenizer(train_data.meta["tokenizer"]), tokenizer_files(train_data.meta["tokenizer"])
     eval_docs = [eval_data.doc(i)[:max(cfg.eval_tokens, cfg.Lt + 1)] for i in range(min(cfg.eval_docs, len(eval_data)))]
     get_batch(train_data, cfg, np.random.default_rng(), 1, tok)  # a corpus no window fits fails now, not mid-run
+    return train_data, eval_docs, tok, tok_files
 
-    resume = latest_checkpoint(cfg.out_dir) if cfg.init_from == "resume" else None
-    if cfg.init_from == "resume" and resume is None:
-        sys.exit(f"error: init_from=resume but {cfg.out_dir} has no checkpoint")
-    if cfg.init_from != "resume" and latest_checkpoint(cfg.out_dir):
-        sys.exit(f"error: {cfg.out_dir} already holds a run; --init_from=resume continues it, or choose another out_dir")
-    state = load_tensors(os.path.join(resume, "train_state.pt")) if resume else None
-    base_from = state["base_from"] if state else cfg.init_from
-    if state and not cfg.lora_rank:  # fully trained: the checkpoint is the model, already extended
-        model = from_pretrained(resume)
-    else:  # a fresh run, or LoRA, whose frozen base comes from where the run began
-        model = load_model(base_from, cfg)
-        model.cfg = extend_context(model.cfg, cfg)
-        model.rope = M.RoPE(model.cfg)
-    if model.cfg.vocab_size < train_data.meta["n_vocab"]:
-        sys.exit(f"error: the tokenizer of {cfg.data_dir} has {train_data.meta['n_vocab']} tokens, "
-                 f"the model only {model.cfg.vocab_size}")
-    if cfg.lora_rank:
-        add_lora(model, cfg)
-        if state:
-            model.load_state_dict(state["trained"], strict=False)
-    model.gradient_checkpointing = cfg.grad_checkpointing
-    model.to(device)
-    say(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-        f"{sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f}M trained; rope {model.cfg.rope_scaling}")
 
-    if ddp and cfg.fsdp:
-        from torch.distributed.fsdp import fully_shard
-        for layer in model.layers:
-            fully_shard(layer)
-        fully_shard(model)
-    elif ddp:
-        model = nn.parallel.DistributedDataParallel(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+# What shapes a run: resuming with another value of any of these would train a different model than the checkpoint's.
+RUN_SHAPE = ("method", "Lc", "Lt", "num_chunks", "text", "L0", "rope_type", "rope_factor", "yarn_beta_fast",
+             "yarn_beta_slow", "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "rope_theta",
+             "tie_embeddings", "lora_rank", "lora_alpha", "lora_targets", "lora_train_embeddings", "lora_train_norms",
+             "base_dtype")
+
+
+def find_resume(cfg):
+    """(the checkpoint folder to resume from, its train_state, where the run's model came from) for init_from=resume,
+    else (None, None, init_from). A resumed run must be the same run: an option in RUN_SHAPE that differs from the
+    checkpoint's is refused."""
+    if cfg.init_from != "resume":
+        return None, None, cfg.init_from
+    latest = latest_checkpoint(cfg.out_dir)
+    if latest is None:
+        raise ValueError(f"--init_from=resume: {cfg.out_dir} has no checkpoint")
+    state = load_tensors(os.path.join(latest, "train_state.pt"))
+    for key in RUN_SHAPE:
+        if key in state["config"] and state["config"][key] != getattr(cfg, key):
+            raise ValueError(f"--{key}={getattr(cfg, key)} differs from the run being resumed ({key} = "
+                             f"{state['config'][key]!r} in {latest}): resume with its settings, or start another "
+                             "out_dir")
+    return latest, state, state["base_from"]
+
+
+def distribute(model, cfg):
+    """Under torchrun: each block and the model sharded by FSDP2, or the model wrapped in DDP; else as it is."""
+    if not dist.is_initialized():
+        return model
+    if not cfg.fsdp:
+        return nn.parallel.DistributedDataParallel(model)
+    from torch.distributed.fsdp import fully_shard
+    for layer in model.layers:
+        fully_shard(layer)
+    return fully_shard(model)
+
+
+def make_optimizer(model, cfg, device):
+    """(AdamW over the trained parameters, weight decay on matrices only; the loss scaler fp16 needs)."""
+    trained = params(model)
+    optimizer = torch.optim.AdamW([{"params": [p for p in trained if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                                   {"params": [p for p in trained if p.dim() < 2], "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=cfg.dtype == "float16")
-    step = 0
-    if state:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
-        scaler.load_state_dict(state["scaler"])
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        step = state["step"]
-        say(f"resumed from {resume} at step {step}")
+    return optimizer, torch.amp.GradScaler(device.split(":")[0], enabled=cfg.dtype == "float16")
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(cfg):
+    cfg.check()
+    rank, world, device = init_distributed(pick_device(cfg.device))
+    ddp, say = dist.is_initialized(), print if rank == 0 else (lambda *a, **k: None)
+    say(json.dumps(asdict(cfg)))
+    rng = np.random.default_rng(cfg.seed)  # the same on every rank: each takes its own rows of one global batch
+    train_data, eval_docs, tok, tok_files = load_data(cfg)
+    resume, state, base_from = find_resume(cfg)
+    model = load_model(cfg, resume, state, tok)
+    say(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+        f"{sum(p.numel() for p in params(model)) / 1e6:.2f}M trained; rope {model.cfg.rope_scaling}")
+    model = distribute(model.to(device), cfg)
+    optimizer, scaler = make_optimizer(model, cfg, device)
+    step = restore(state, model, optimizer, scaler, rng) if state else 0
     fwd = torch.compile(model) if cfg.compile else model
     ctx = nullcontext() if cfg.dtype == "float32" else torch.autocast(device.split(":")[0], dtype=getattr(torch, cfg.dtype))
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    log = open(os.path.join(cfg.out_dir, "log.jsonl"), "a" if resume else "w") if master else None
-
-    def run_eval():
-        losses = evaluate(raw_model(model), eval_docs, cfg, start_id(tok), ctx, device)
-        say(f"step {step}: eval loss " + ", ".join(f"@{L}: {v:.4f}" for L, v in losses.items()))
-        if log:
-            log.write(json.dumps({"step": step, "eval": losses}) + "\n")
-            log.flush()
-
-    t0, t_start, start_step, logged, T = time.time(), time.time(), step, step, window_len(cfg) - 1
+    log, t_start, start_step = Log(cfg, bool(resume), rank == 0, step), time.time(), step  # and out_dir is ours
+    say(f"resumed from {resume} at step {step}" if resume else f"training into {cfg.out_dir}")
     while step < cfg.max_steps:
         lr = get_lr(step, cfg)
         for g in optimizer.param_groups:
             g["lr"] = lr
+        # forward and backward over grad_accum micro-batches; each rank takes its rows of one global batch
         loss_sum = torch.zeros((), device=device)
         for micro in range(cfg.grad_accum):
             x, pos, y = (t[rank * cfg.batch_size:(rank + 1) * cfg.batch_size].to(device)
                          for t in get_batch(train_data, cfg, rng, cfg.batch_size * world, tok))
-            sync = micro == cfg.grad_accum - 1 or not ddp or cfg.fsdp
+            sync = micro == cfg.grad_accum - 1 or not ddp or cfg.fsdp  # DDP: all-reduce on the last micro-step only
             with ctx, (nullcontext() if sync else model.no_sync()):
                 loss = fwd(x, pos, y) / cfg.grad_accum
                 scaler.scale(loss).backward()
             loss_sum += loss.detach()
         if ddp:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        # clip, and stop before an update that would poison the weights (fp16's scaler skips inf steps itself)
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip else torch.zeros(())
-        # stop before the update: a NaN step would poison the weights and every checkpoint after (fp16's scaler
-        # skips steps with inf gradients itself). Steps count from 1, as in the log and the checkpoint names.
-        if not torch.isfinite(loss_sum) or not (scaler.is_enabled() or math.isfinite(grad_norm.item())):
-            raise FloatingPointError(f"loss {loss_sum.item():.4g}, gradient norm {grad_norm.item():.4g} at step "
-                                     f"{step + 1}; stopped, the last good checkpoint is "
-                                     f"{latest_checkpoint(cfg.out_dir)}")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params(model), cfg.grad_clip) if cfg.grad_clip else torch.zeros(())
+        stop_if_diverged(loss_sum, grad_norm, scaler, step + 1, cfg.out_dir)
+        # the update
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        # log, evaluate, checkpoint (finite weights only: checkpoint.py); after Ctrl-C, checkpoint this step and stop
+        stop = interrupted(device)
         if step % cfg.log_interval == 0 or step == cfg.max_steps:
-            dt = time.time() - t0
-            tok_s = (step - logged) * cfg.grad_accum * cfg.batch_size * world * T / dt
-            eta = (time.time() - t_start) / (step - start_step) * (cfg.max_steps - step)
-            mem = peak_memory_gib(device)
-            say(f"step {step}/{cfg.max_steps} | loss {loss_sum.item():.4f} | lr {lr:.2e} | grad {grad_norm.item():.2f} "
-                f"| {tok_s:,.0f} tok/s | peak mem {mem:.2f} GiB | ETA {eta / 60:.1f} min")
-            if log:
-                log.write(json.dumps({"step": step, "loss": loss_sum.item(), "lr": lr, "tok_s": tok_s, "mem_gib": mem})
-                          + "\n")
-                log.flush()
-            t0, logged = time.time(), step
-        if cfg.eval_interval and step % cfg.eval_interval == 0:
-            run_eval()
-        if (cfg.ckpt_interval and step % cfg.ckpt_interval == 0) or step == cfg.max_steps:
+            log.train(step, loss_sum.item(), lr, grad_norm.item(), memory_peak(device),
+                      (time.time() - t_start) / (step - start_step), world)
+        if cfg.eval_interval and step % cfg.eval_interval == 0 and not stop:
+            log.eval(step, evaluate(raw_model(model), eval_docs, cfg, start_id(tok), ctx, device))
+        if (cfg.ckpt_interval and step % cfg.ckpt_interval == 0) or step == cfg.max_steps or stop:
             save_checkpoint(model, optimizer, scaler, step, rng, cfg, base_from, tok_files)
+        if stop:
+            raise Interrupted(f"interrupted at step {step}; --init_from=resume continues from {cfg.out_dir}")
     if not cfg.eval_interval or step % cfg.eval_interval:
-        run_eval()
+        log.eval(step, evaluate(raw_model(model), eval_docs, cfg, start_id(tok), ctx, device))
     save_model(model, cfg, os.path.join(cfg.out_dir, "final"), tok_files)
     say(f"saved {os.path.join(cfg.out_dir, 'final')} ({(time.time() - t_start) / 60:.1f} min)")
-    if ddp:
-        dist.destroy_process_group()
     return model
 
 
+def stop_if_diverged(loss, grad_norm, scaler, step, out_dir):
+    """A FloatingPointError naming the step and the last good checkpoint if the loss or the gradient is not finite."""
+    if not torch.isfinite(loss) or not (scaler.is_enabled() or math.isfinite(grad_norm.item())):
+        raise FloatingPointError(f"loss {loss.item():.4g}, gradient norm {grad_norm.item():.4g} at step {step}; "
+                                 f"stopped, the last good checkpoint is "
+                                 f"{latest_checkpoint(out_dir) or 'none (none was written before)'}")
+
+
+class Interrupted(Exception):
+    """Ctrl-C, after the step it came in was checkpointed."""
+
+
+CTRL_C = threading.Event()  # set by the handler __main__ installs; the loop reads it after each step
+
+
+def interrupted(device):
+    """Whether Ctrl-C was pressed, on any rank (a collective under torchrun, so that all stop at the same step)."""
+    flag = torch.tensor(float(CTRL_C.is_set()), device=device)
+    if dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag)
+
+
+def check_tokenizer(model, cfg, tok, folder):
+    """The prepared data's tokenizer must be the model's: its ids no more than the embeddings of a model built from
+    scratch; for a loaded one, the checks of tokenizer.check_vocabulary (a folder's own tokenizer included)."""
+    fix = f"prepare {cfg.data_dir} with the model's tokenizer"
+    if folder != "scratch":
+        check_vocabulary(model.cfg.vocab_size, folder, tok, fix)
+    elif model.cfg.vocab_size < tok.n_vocab:
+        raise ValueError(f"--vocab_size={model.cfg.vocab_size}: the tokenizer of {cfg.data_dir} has {tok.n_vocab} "
+                         "tokens")
+
+
+def restore(state, model, optimizer, scaler, rng):
+    """Put a checkpoint's optimizer, loss scaler and both RNGs back in place; its step."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    scaler.load_state_dict(state["scaler"])
+    rng.bit_generator.state = state["rng"]
+    torch.set_rng_state(state["torch_rng"])
+    return state["step"]
+
+
+class Log:
+    """Progress lines on the first rank's stdout and records in out_dir/log.jsonl: training every log_interval steps
+    (tokens/s over the steps since the last line), evaluation (mean loss per length). The first rank claims out_dir
+    first: locked until the process ends, and refused if an earlier run's files are there (checkpoint.py)."""
+
+    def __init__(self, cfg, resume, master, step):
+        self.cfg, self.master, self.t0, self.step0 = cfg, master, time.time(), step
+        if master:
+            claim_run_folder(cfg.out_dir, resume)
+        self.file = open_log(cfg.out_dir, resume) if master else None
+
+    def write(self, record, line):
+        if self.master:
+            print(line)
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def train(self, step, loss, lr, grad_norm, mem_bytes, s_per_step, world):
+        c = self.cfg
+        tokens = (step - self.step0) * c.grad_accum * c.batch_size * world * (pose.window_len(c.method, c.Lc, c.Lt) - 1)
+        tok_s, mem, eta = tokens / (time.time() - self.t0), mem_bytes / 2**30, s_per_step * (c.max_steps - step) / 60
+        self.write({"step": step, "loss": loss, "lr": lr, "tok_s": tok_s, "mem_gib": mem},
+                   f"step {step}/{c.max_steps} | loss {loss:.4f} | lr {lr:.2e} | grad {grad_norm:.2f} | "
+                   f"{tok_s:,.0f} tok/s | peak mem {mem:.2f} GiB | ETA {eta:.1f} min")
+        self.t0, self.step0 = time.time(), step
+
+    def eval(self, step, losses):
+        self.write({"step": step, "eval": losses},
+                   f"step {step}: eval loss " + ", ".join(f"@{L}: {v:.4f}" for L, v in losses.items()))
+
+
+def on_ctrl_c(signum, frame):
+    """The first Ctrl-C asks the loop to checkpoint its step and stop; a second one stops at once."""
+    if CTRL_C.is_set():
+        raise KeyboardInterrupt
+    CTRL_C.set()
+    print("Ctrl-C: finishing this step and writing a checkpoint (Ctrl-C again stops at once)", file=sys.stderr)
+
+
 if __name__ == "__main__":
-    try:  # a wrong path, a bad checkpoint or corpus, a diverged loss: one line, not a traceback
-        train(parse_config(TrainConfig, sys.argv[1:], __doc__))
+    cfg = parse_config(TrainConfig, sys.argv[1:], __doc__)
+    signal.signal(signal.SIGINT, on_ctrl_c)
+    try:  # a wrong path, a bad checkpoint or corpus, a diverged loss, Ctrl-C: one line, not a traceback
+        train(cfg)
+        if dist.is_initialized():
+            dist.destroy_process_group()
         if "RANK" in os.environ:  # under torchrun, leave without the interpreter's teardown: with FSDP on CPU (gloo)
             # it sometimes aborts ("terminate called without an active exception") after every file is written and
             # the process group destroyed, and torchrun then reports a finished run as failed
@@ -489,3 +483,7 @@ if __name__ == "__main__":
             os._exit(0)
     except (ValueError, OSError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
+    except (Interrupted, KeyboardInterrupt) as e:
+        print(str(e) or f"interrupted; --init_from=resume continues from {latest_checkpoint(cfg.out_dir)}",
+              file=sys.stderr)
+        sys.exit(130)

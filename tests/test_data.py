@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from data.make_corpus import EVAL_BOOKS, books
-from prepare import CORPUS, TokenDataset, pack_paragraphs, read_documents, token_dtype, write_split
+from prepare import (
+    CORPUS,
+    TokenDataset,
+    pack_paragraphs,
+    read_documents,
+    token_dtype,
+    write_split,
+)
 from tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,8 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import checkpoint as C
-import model as M
+from checkpoint import (
+    config_to_hf,
+    from_pretrained,
+    normalize_rope_scaling,
+    save_pretrained,
+)
+from chunked_loss import chunked_cross_entropy
+from model import LLaMA, ModelConfig, llama_ffn_dim, rope_inv_freq
 
 transformers = pytest.importorskip("transformers")
 
@@ -57,7 +63,7 @@ def tiny(**kw):
     cfg = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=V, hidden_dim=96, max_seq_len=L0,
                norm_eps=1e-6)
     torch.manual_seed(kw.pop("seed", 0))
-    m = M.LLaMA(M.ModelConfig(**(cfg | kw))).eval()
+    m = LLaMA(ModelConfig(**(cfg | kw))).eval()
     with torch.no_grad():
         for p in m.parameters():
             p.normal_(0, 0.2)
@@ -74,7 +80,7 @@ def test_matches_transformers(kind, tie, kv_heads, tmp_path):
     rope, max_pos = ROPES[kind]
     hf = hf_llama(rope, max_pos, kv_heads, tie)
     hf.save_pretrained(tmp_path)
-    ours = C.from_pretrained(tmp_path).eval()
+    ours = from_pretrained(tmp_path).eval()
     assert ours.cfg.tie_embeddings == tie and ours.cfg.n_kv_heads == kv_heads
     assert (ours.output.weight is ours.tok_embeddings.weight) == tie  # one parameter, one gradient
     idx = tokens()
@@ -91,7 +97,7 @@ def test_save_pretrained_runs_in_transformers(kind, tmp_path):
           "yarn_pose": {"rope_type": "yarn_pose", "factor": 4.0, "original_max_position_embeddings": L0}}
     rs = rs[kind] if kind in rs else ROPES[kind][0]
     ours = tiny(rope_scaling=rs, max_seq_len=L0 if kind in ("none", "dynamic") else 4 * L0)
-    C.save_pretrained(ours, tmp_path)
+    save_pretrained(ours, tmp_path)
     umask = os.umask(0)
     os.umask(umask)
     assert all(f.stat().st_mode & 0o777 == 0o666 & ~umask for f in tmp_path.iterdir())  # as any file, not 0600
@@ -101,24 +107,24 @@ def test_save_pretrained_runs_in_transformers(kind, tmp_path):
         diff = (ours(idx, SKIPPED) - hf_logits(hf, idx, SKIPPED)).abs().max().item()
     print(f"save_pretrained {kind}: max|diff|={diff:.2e}")
     assert diff <= 1e-4
-    back = C.from_pretrained(tmp_path).eval()  # and our own loader reads what we wrote
+    back = from_pretrained(tmp_path).eval()  # and our own loader reads what we wrote
     with torch.no_grad():
         assert torch.allclose(back(idx, SKIPPED), ours(idx, SKIPPED), atol=1e-5)
 
 
 def test_fixed_ntk_is_plain_rope_with_larger_base():
     d, a = 16, 8.0
-    ntk = M.ModelConfig(dim=64, n_heads=4, rope_scaling={"rope_type": "ntk", "alpha": a})
-    plain = M.ModelConfig(dim=64, n_heads=4, rope_theta=10000.0 * a ** (d / (d - 2)))
-    assert torch.allclose(M.rope_inv_freq(ntk)[0], M.rope_inv_freq(plain)[0])
-    assert C.config_to_hf(ntk)["rope_scaling"] is None
+    ntk = ModelConfig(dim=64, n_heads=4, rope_scaling={"rope_type": "ntk", "alpha": a})
+    plain = ModelConfig(dim=64, n_heads=4, rope_theta=10000.0 * a ** (d / (d - 2)))
+    assert torch.allclose(rope_inv_freq(ntk)[0], rope_inv_freq(plain)[0])
+    assert config_to_hf(ntk)["rope_scaling"] is None
 
 
 def test_revised_yarn_differs_from_yarn_only_on_the_ramp():
     kw = dict(dim=512, n_heads=4, max_seq_len=2048)  # head_dim 128: LLaMA-7B's
-    yarn, att = M.rope_inv_freq(M.ModelConfig(**kw, rope_scaling={"rope_type": "yarn", "factor": 8.0}))
-    pose, att2 = M.rope_inv_freq(M.ModelConfig(**kw, rope_scaling={"rope_type": "yarn_pose", "factor": 8.0}))
-    base = M.rope_inv_freq(M.ModelConfig(**kw))[0]
+    yarn, att = rope_inv_freq(ModelConfig(**kw, rope_scaling={"rope_type": "yarn", "factor": 8.0}))
+    pose, att2 = rope_inv_freq(ModelConfig(**kw, rope_scaling={"rope_type": "yarn_pose", "factor": 8.0}))
+    base = rope_inv_freq(ModelConfig(**kw))[0]
     assert att == att2 == pytest.approx(0.1 * math.log(8) + 1)
     same = torch.isclose(yarn, pose, rtol=1e-12)
     assert same[:10].all() and same[-10:].all()  # fastest dims kept, slowest divided by 8, in both
@@ -127,13 +133,41 @@ def test_revised_yarn_differs_from_yarn_only_on_the_ramp():
     assert (pose[~same] < yarn[~same]).all()  # a harmonic blend interpolates more than an arithmetic one
 
 
-def test_original_len_is_the_pretraining_length():
-    assert M.ModelConfig(max_seq_len=128).original_len == 128
-    assert M.ModelConfig(max_seq_len=1024, rope_scaling={"rope_type": "linear", "factor": 8}).original_len == 128
+def test_L0_is_the_pretraining_length():
+    assert ModelConfig(max_seq_len=128).L0 == 128
+    assert ModelConfig(max_seq_len=1024, rope_scaling={"rope_type": "linear", "factor": 8}).L0 == 128
     yarn = {"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": 256}
-    assert M.ModelConfig(max_seq_len=2048, rope_scaling=yarn).original_len == 256
-    assert C.normalize_rope_scaling({"type": "llama3", "factor": 8, "low_freq_factor": 1, "high_freq_factor": 4},
-                                    8192)["original_max_position_embeddings"] == 8192  # HF's default: the max length
+    assert ModelConfig(max_seq_len=2048, rope_scaling=yarn).L0 == 256
+    assert normalize_rope_scaling({"type": "llama3", "factor": 8, "low_freq_factor": 1, "high_freq_factor": 4},
+                                  8192)["original_max_position_embeddings"] == 8192  # HF's default: the max length
+
+
+@pytest.mark.parametrize("rope", ["none", "linear", "ntk", "dynamic", "yarn", "yarn_pose", "llama3"])
+def test_extend_context_records_L0_and_survives_export(rope, tmp_path):
+    """Every rope type, 'none' and fixed NTK included (neither keeps a scaling dict to hold it), records the length
+    the model was pretrained at, and a saved and reloaded model still knows it."""
+    m = tiny().extend_context(8 * L0, rope)
+    assert m.cfg.L0 == L0 and m.cfg.max_seq_len == 8 * L0
+    save_pretrained(m, tmp_path)
+    assert from_pretrained(tmp_path).cfg.L0 == L0
+
+
+def test_extend_context_leaves_no_old_frequencies_behind():
+    """The RoPE follows the config: an extended model gives exactly what a model built with that config does."""
+    m, idx = tiny(), tokens()
+    m.extend_context(4 * L0, "yarn", beta_fast=8.0)
+    built = LLaMA(m.cfg).eval()
+    built.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        assert torch.equal(m(idx, SKIPPED), built(idx, SKIPPED))
+        assert torch.equal(m.rope.inv_freq, rope_inv_freq(m.cfg)[0].float())
+    m.cfg = ModelConfig(**(vars(m.cfg) | {"rope_scaling": None, "L0": None}))  # setting a config rebuilds it too
+    assert torch.equal(m.rope.inv_freq, rope_inv_freq(ModelConfig(**vars(m.cfg)))[0].float())
+
+
+def test_extend_context_refuses_nothing_to_extend():
+    with pytest.raises(ValueError, match="within the length the model was pretrained at"):
+        tiny().extend_context(L0, "linear")
 
 
 @pytest.mark.parametrize("rs,message", [
@@ -149,12 +183,12 @@ def test_original_len_is_the_pretraining_length():
 ])
 def test_rope_scaling_keys_are_implemented_or_refused(rs, message):
     with pytest.raises(ValueError, match=message):
-        C.normalize_rope_scaling(rs, 256)
+        normalize_rope_scaling(rs, 256)
 
 
 def test_unknown_rope_type_in_our_own_config():
     with pytest.raises(ValueError, match="unknown rope type 'bogus'"):
-        M.ModelConfig(rope_scaling={"rope_type": "bogus", "factor": 2.0})
+        ModelConfig(rope_scaling={"rope_type": "bogus", "factor": 2.0})
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -170,7 +204,7 @@ def test_hf_configs_that_would_be_another_model_are_refused(tmp_path, extra, mes
     c.pop("rope_parameters", None)
     (tmp_path / "config.json").write_text(json.dumps(c | extra))
     with pytest.raises(ValueError, match=message):
-        C.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)
 
 
 def test_positions_none_equals_arange_and_rows_are_independent():
@@ -201,12 +235,12 @@ def test_chunked_loss_equals_plain_cross_entropy(chunk):
     h = torch.randn(2, 40, 64, requires_grad=True)
     W = m.output.weight
     ref = F.cross_entropy((h @ W.t()).flatten(0, 1), targets.flatten(), ignore_index=-1)
-    got = M.chunked_cross_entropy(h, W, targets, chunk=chunk)
+    got = chunked_cross_entropy(h, W, targets, chunk=chunk)
     assert torch.allclose(got, ref, atol=1e-6)
     g_ref, = torch.autograd.grad(ref, h)
     g_got, = torch.autograd.grad(got, h)
     assert torch.allclose(g_got, g_ref, atol=1e-6)
-    s = M.chunked_cross_entropy(h, W, targets, reduction="sum", chunk=chunk)
+    s = chunked_cross_entropy(h, W, targets, reduction="sum", chunk=chunk)
     assert torch.allclose(s, ref * 78, atol=1e-4)  # 2 rows x 39 scored tokens
 
 
@@ -263,9 +297,9 @@ def write_meta_checkpoint(m, path, n_shards=2, vocab_split=False):
 
 @pytest.mark.parametrize("vocab_split", [False, True])
 def test_meta_checkpoint_round_trip(tmp_path, vocab_split):
-    m = tiny(vocab_size=128, hidden_dim=M.llama_ffn_dim(64, 32))
+    m = tiny(vocab_size=128, hidden_dim=llama_ffn_dim(64, 32))
     write_meta_checkpoint(m, tmp_path / "meta", vocab_split=vocab_split)
-    loaded = C.from_pretrained(tmp_path / "meta", max_seq_len=L0).eval()
+    loaded = from_pretrained(tmp_path / "meta", max_seq_len=L0).eval()
     assert loaded.cfg.hidden_dim == m.cfg.hidden_dim and loaded.cfg.vocab_size == 128
     idx = tokens()
     with torch.no_grad():
@@ -289,7 +323,7 @@ def test_sharded_safetensors_and_bin(tmp_path):
     idx = tokens()
     for d in ("sharded", "binonly"):
         with torch.no_grad():
-            assert (C.from_pretrained(tmp_path / d).eval()(idx) - hf_logits(hf, idx, torch.arange(40))).abs().max() <= 1e-4
+            assert (from_pretrained(tmp_path / d).eval()(idx) - hf_logits(hf, idx, torch.arange(40))).abs().max() <= 1e-4
 
 
 class Evil:
@@ -299,30 +333,30 @@ class Evil:
 
 def test_bad_inputs(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):
-        C.from_pretrained(tmp_path / "nope")
+        from_pretrained(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="neither config.json"):
-        C.from_pretrained(tmp_path / "empty")
+        from_pretrained(tmp_path / "empty")
     hf = hf_llama()
     hf.save_pretrained(tmp_path / "ok")
     (tmp_path / "ok" / "model.safetensors").rename(tmp_path / "weights")
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
-        C.from_pretrained(tmp_path / "ok")
+        from_pretrained(tmp_path / "ok")
     (tmp_path / "weights").rename(tmp_path / "ok" / "model.safetensors")
     c = json.loads((tmp_path / "ok" / "config.json").read_text())
     (tmp_path / "ok" / "config.json").write_text(json.dumps(c | {"intermediate_size": 128}))
     with pytest.raises(ValueError, match=r"'layers.0.feed_forward.w1.weight' has shape \(96, 64\) in the "
                                          r"checkpoint, \(128, 64\) in the model"):
-        C.from_pretrained(tmp_path / "ok")
+        from_pretrained(tmp_path / "ok")
     (tmp_path / "ok" / "config.json").write_text(json.dumps(c | {"rope_scaling": {"type": "bogus", "factor": 2}}))
     with pytest.raises(ValueError, match="unknown rope type 'bogus'"):
-        C.from_pretrained(tmp_path / "ok")
+        from_pretrained(tmp_path / "ok")
     (tmp_path / "evil").mkdir()
     (tmp_path / "evil" / "config.json").write_text(json.dumps(c))
     with open(tmp_path / "evil" / "pytorch_model.bin", "wb") as f:
         pickle.dump({"model.norm.weight": Evil()}, f)
     with pytest.raises(ValueError, match="refused or unreadable as a weights-only checkpoint"):
-        C.from_pretrained(tmp_path / "evil")
+        from_pretrained(tmp_path / "evil")
 
 
 def test_chunked_loss_weight_gradient():
@@ -331,6 +365,6 @@ def test_chunked_loss_weight_gradient():
     targets[0, :5] = -1
     for chunk in (7, 1024):
         ref = F.cross_entropy((h @ W.t()).flatten(0, 1), targets.flatten(), ignore_index=-1)
-        got = M.chunked_cross_entropy(h, W, targets, chunk=chunk)
+        got = chunked_cross_entropy(h, W, targets, chunk=chunk)
         for a, b in zip(torch.autograd.grad(3 * ref, (h, W)), torch.autograd.grad(3 * got, (h, W))):
             assert torch.allclose(a, b, atol=1e-6)

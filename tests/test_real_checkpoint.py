@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-import checkpoint as C
 import prepare
+from checkpoint import from_pretrained
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -68,7 +68,7 @@ def test_pose_lora_on_a_real_checkpoint_exports_what_transformers_runs(real, rop
         assert scaling["rope_type"] == "longrope" and scaling["original_max_position_embeddings"] == L0
     assert (out / "final" / "tokenizer.json").exists()
 
-    ours = C.from_pretrained(out / "final").eval()
+    ours = from_pretrained(out / "final").eval()
     hf = transformers.LlamaForCausalLM.from_pretrained(out / "final", dtype=torch.float32).eval()
     idx = torch.randint(0, config["vocab_size"], (1, 48), generator=torch.Generator().manual_seed(0))
     pos = torch.cat([torch.arange(16), torch.arange(16, 48) + 900])[None]  # a PoSE window: a jump past L0
@@ -80,24 +80,24 @@ def test_pose_lora_on_a_real_checkpoint_exports_what_transformers_runs(real, rop
             "--passkey_trials=0", "--max_tokens=512", f"--out={out / 'res'}", f"--plots={out / 'plots'}")
     assert r.returncode == 0, r.stderr[-3000:]
     ppl = json.loads((out / "res" / "ppl.json").read_text())["models"]["run_" + rope]
-    assert ppl["Lc"] == L0 and ppl["Lt"] == Lt and all(v["ppl"] > 1 for v in ppl["ppl"].values())
+    assert ppl["L0"] == L0 and ppl["Lt"] == Lt and all(v["ppl"] > 1 for v in ppl["ppl"].values())
 
 
 def test_a_bfloat16_base_trains_float32_norms_at_the_papers_learning_rate(real, tmp_path):
     import numpy as np
-    import train as T
+
+    import train
     from prepare import TokenDataset
-    cfg = T.TrainConfig(data_dir=str(real / "tok"), method="pose", Lc=Lc, Lt=Lt, rope_type="linear", lora_rank=4,
-                        lora_train_norms=True, lora_train_embeddings=True, base_dtype="bfloat16", dtype="bfloat16",
-                        lr=2e-5, weight_decay=0.0)
-    model = T.load_model(str(real / "base"), cfg)
-    T.add_lora(model, cfg)
+    cfg = train.TrainConfig(data_dir=str(real / "tok"), init_from=str(real / "base"), method="pose", Lc=Lc, Lt=Lt,
+                            rope_type="linear", lora_rank=4, lora_train_norms=True, lora_train_embeddings=True,
+                            base_dtype="bfloat16", dtype="bfloat16", lr=2e-5, weight_decay=0.0)
+    model = train.load_model(cfg)  # from init_from, extended, with adapters
     norm, emb = model.norm.weight, model.tok_embeddings.weight
     assert norm.dtype == emb.dtype == torch.float32 and model.layers[0].attention.wq.base.weight.dtype == torch.bfloat16
     assert model.output.weight is emb  # still tied: one parameter
     before = norm.detach().clone()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
-    x, pos, y = T.get_batch(TokenDataset(cfg.data_dir, "train"), cfg, np.random.default_rng(0), 2)
+    x, pos, y = train.get_batch(TokenDataset(cfg.data_dir, "train"), cfg, np.random.default_rng(0), 2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(x, pos, y).backward()
     opt.step()
@@ -107,17 +107,14 @@ def test_a_bfloat16_base_trains_float32_norms_at_the_papers_learning_rate(real, 
 
 
 def test_extend_context_uses_the_pretraining_length(real):
-    import train as T
-    base = C.read_hf_config(real / "base")
     for rope in ("linear", "ntk", "dynamic", "yarn", "yarn_pose", "llama3"):
-        m = T.extend_context(base, T.TrainConfig(Lc=Lc, Lt=Lt, rope_type=rope)).rope_scaling
+        m = from_pretrained(real / "base").extend_context(Lt, rope).cfg.rope_scaling
         assert m.get("factor", m.get("alpha")) == Lt / L0, rope
         assert rope in ("linear", "ntk") or m["original_max_position_embeddings"] == L0, rope
-    again = T.extend_context(T.extend_context(base, T.TrainConfig(Lc=Lc, Lt=Lt, rope_type="yarn")),
-                             T.TrainConfig(Lc=Lc, Lt=2 * Lt, rope_type="yarn"))
-    assert again.rope_scaling["factor"] == 2 * Lt / L0 and again.original_len == L0  # relative to L0, not to Lt
+    again = from_pretrained(real / "base").extend_context(Lt, "yarn").extend_context(2 * Lt, "yarn").cfg
+    assert again.rope_scaling["factor"] == 2 * Lt / L0 and again.L0 == L0  # relative to L0, not to Lt
     with pytest.raises(ValueError, match="within the length the model was pretrained at"):
-        T.extend_context(base, T.TrainConfig(Lc=Lc, Lt=L0, rope_type="linear"))
+        from_pretrained(real / "base").extend_context(L0, "linear")
 
 
 def test_eval_refuses_a_tokenizer_that_is_not_the_models(real, tmp_path):

@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import checkpoint as C
-import model as M
 import prepare
-import train as T
+import train
+from checkpoint import from_pretrained, latest_checkpoint, load_tensors, save_pretrained
+from model import LLaMA, ModelConfig
 from tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +42,7 @@ class Evil:
 
 def tiny_model(vocab_size=4096):
     torch.manual_seed(0)
-    return M.LLaMA(M.ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=vocab_size, max_seq_len=32))
+    return LLaMA(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=vocab_size, max_seq_len=32))
 
 
 def edit_config(path, **changes):
@@ -58,7 +58,7 @@ def ws(tmp_path_factory):
     for split, path in prepare.CORPUS.items():
         prepare.write_split(prepare.read_documents([path])[:8], tok, ws / "tok", split)
         prepare.write_split([("a", "In the beginning."), ("b", "Jesus wept.")], tok, ws / "short", split)
-    C.save_pretrained(tiny_model(), ws / "good")
+    save_pretrained(tiny_model(), ws / "good")
     for bad in ("trunc", "shape", "rope", "evil"):
         shutil.copytree(ws / "good", ws / bad)
     weights = (ws / "good" / "model.safetensors").read_bytes()
@@ -67,7 +67,7 @@ def ws(tmp_path_factory):
     edit_config(ws / "rope", rope_scaling={"rope_type": "bogus", "factor": 2.0})
     (ws / "evil" / "model.safetensors").unlink()
     torch.save({"model.norm.weight": Evil(ws / "ran_code")}, ws / "evil" / "pytorch_model.bin")
-    C.save_pretrained(tiny_model(vocab_size=256), ws / "small_vocab")
+    save_pretrained(tiny_model(vocab_size=256), ws / "small_vocab")
     run = ws / "evil_resume"  # a run whose latest checkpoint holds a train_state.pt that runs code
     shutil.copytree(ws / "good", run / "ckpt_0000001")
     torch.save({"step": Evil(ws / "ran_code")}, run / "ckpt_0000001" / "train_state.pt")
@@ -113,11 +113,11 @@ def test_sigkill_three_times_then_resume_gives_the_uninterrupted_weights(ws, tmp
         p.send_signal(signal.SIGKILL)
         rest = p.communicate()[0]
         assert p.returncode == -signal.SIGKILL, f"run {i} ended before its kill at step {step}: {rest[-1000:]}"
-        latest = T.latest_checkpoint(out)
-        assert C.load_tensors(os.path.join(latest, "train_state.pt"))["step"] == int(latest[-7:])
+        latest = latest_checkpoint(out)
+        assert load_tensors(os.path.join(latest, "train_state.pt"))["step"] == int(latest[-7:])
         unfinished = [int(d[6:13]) for d in os.listdir(out) if d.startswith(".ckpt_")]
         assert all(int(latest[-7:]) < n for n in unfinished), "`latest` moved before its save was complete"
-        C.from_pretrained(latest)  # complete: config and every weight
+        from_pretrained(latest)  # complete: config and every weight
     resumed = subprocess.run(args + [f"--out_dir={out}", "--init_from=resume"], cwd=ROOT, env=ENV,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -127,7 +127,7 @@ def test_sigkill_three_times_then_resume_gives_the_uninterrupted_weights(ws, tmp
 
 
 def tiny_cfg(ws, out_dir, **kw):
-    return T.TrainConfig(**(dict(data_dir=str(ws / "tok"), out_dir=str(out_dir), dim=64, n_layers=2, n_heads=4,
+    return train.TrainConfig(**(dict(data_dir=str(ws / "tok"), out_dir=str(out_dir), dim=64, n_layers=2, n_heads=4,
                                  n_kv_heads=2, Lc=32, Lt=128, method="pose", rope_type="linear", batch_size=4,
                                  max_steps=6, warmup_steps=2, log_interval=1, eval_interval=0,
                                  ckpt_interval=1, device="cpu") | kw))
@@ -143,11 +143,11 @@ def test_a_failed_save_keeps_the_last_good_checkpoint(ws, tmp_path, monkeypatch)
         real_save(*a, **k)
     monkeypatch.setattr(torch, "save", save_then_fail)
     with pytest.raises(OSError, match="No space left"):
-        T.train(tiny_cfg(ws, tmp_path))
+        train.train(tiny_cfg(ws, tmp_path))
     assert sorted(p for p in os.listdir(tmp_path) if p.startswith("ckpt_")) == ["ckpt_0000002"]
-    assert T.latest_checkpoint(tmp_path) == str(tmp_path / "ckpt_0000002")
-    assert C.load_tensors(tmp_path / "ckpt_0000002" / "train_state.pt")["step"] == 2
-    C.from_pretrained(tmp_path / "ckpt_0000002")
+    assert latest_checkpoint(tmp_path) == str(tmp_path / "ckpt_0000002")
+    assert load_tensors(tmp_path / "ckpt_0000002" / "train_state.pt")["step"] == 2
+    from_pretrained(tmp_path / "ckpt_0000002")
     assert not (tmp_path / "final").exists()
 
 
@@ -167,17 +167,17 @@ class NanGrad(torch.autograd.Function):
     (NanGrad.apply, r"loss \d+\.\d+, gradient norm nan at step 4;"),
 ])
 def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(ws, tmp_path, monkeypatch, poison, message):
-    real_forward, calls = M.LLaMA.forward, []
+    real_forward, calls = LLaMA.forward, []
 
     def forward(self, *a, **k):  # the 4th training step goes wrong
         calls.append(1)
         loss = real_forward(self, *a, **k)
         return poison(loss) if len(calls) == 4 else loss
-    monkeypatch.setattr(M.LLaMA, "forward", forward)
+    monkeypatch.setattr(LLaMA, "forward", forward)
     good = str(tmp_path / "ckpt_0000003")
     with pytest.raises(FloatingPointError, match=message + f" stopped, the last good checkpoint is {re.escape(good)}$"):
-        T.train(tiny_cfg(ws, tmp_path))
-    assert T.latest_checkpoint(tmp_path) == good
+        train.train(tiny_cfg(ws, tmp_path))
+    assert latest_checkpoint(tmp_path) == good
     assert all(torch.isfinite(w).all() for w in load_file(os.path.join(good, "model.safetensors")).values())
     assert not (tmp_path / "ckpt_0000004").exists() and not (tmp_path / "final").exists()
 
@@ -208,7 +208,9 @@ CASES = {
                                r"error: {ws}/nowhere/train.json: no such prepared split \(prepare.py makes them\)",
                                "{run}"),
     "tokenizer vocabulary > model's": (TRAIN + ["--init_from={ws}/small_vocab"],
-                                       r"error: the tokenizer of {ws}/tok has 4096 tokens, the model only 256",
+                                       r"error: {ws}/small_vocab has 256 token embeddings, the tokenizer "
+                                       r"web-bpe4k 4096 tokens: they are not one model's \(prepare {ws}/tok with the "
+                                       r"model's tokenizer\)",
                                        "{run}"),
     "unknown method": (TRAIN + ["--method=magic"],
                        r"error: unknown method 'magic'; expected one of pose, randpos, full, plain", "{run}"),
@@ -233,7 +235,7 @@ CASES = {
     "config file that is not TOML": (TRAIN + ["{ws}/bad.toml"], r"error: {ws}/bad.toml: not valid TOML \(.*\)",
                                      "{run}"),
     "rope_type=longrope": (TRAIN + ["--rope_type=longrope"],
-                           r"error: rope_type=longrope needs per-dimension factors, which only a checkpoint's config "
+                           r"error: --rope_type=longrope needs per-dimension factors, which only a checkpoint's config "
                            r"gives: .*", "{run}"),
     "Meta checkpoint without L0": (TRAIN + ["--init_from={ws}/meta"],
                                    r"error: {ws}/meta is a Meta checkpoint, whose params.json does not record the "
@@ -268,12 +270,12 @@ def fill(text, ws, case, escape=lambda s: s):
 
 
 def nan_at_step_3(monkeypatch):
-    real, calls = M.LLaMA.forward, []
+    real, calls = LLaMA.forward, []
 
     def forward(self, *a, **k):
         calls.append(1)
         return real(self, *a, **k) * (float("nan") if len(calls) == 3 else 1.0)
-    monkeypatch.setattr(M.LLaMA, "forward", forward)
+    monkeypatch.setattr(LLaMA, "forward", forward)
 
 
 def run_main(argv, capfd, monkeypatch):
@@ -342,7 +344,7 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path, protocol, why):
             pickle.dump({"w": Evil(tmp_path / "ran_code")}, f, protocol=protocol)
     with pytest.raises(ValueError, match=r"refused or unreadable as a weights-only checkpoint \(UnpicklingError: "
                                          f".*{why}"):
-        C.load_tensors(path)
+        load_tensors(path)
     assert not (tmp_path / "ran_code").exists()
 
 

@@ -2,9 +2,9 @@
 only part of the README it rewrites."""
 import pytest
 
-import reproduce as R
+import reproduce
 
-Lc, Lt = R.Lc, R.Lt
+Lc, Lt = reproduce.Lc, reproduce.Lt
 
 
 def summary(**over):
@@ -22,7 +22,7 @@ COSTS = {"pose": {"tok_s": 5000, "mem_gib": 0.7}, "full": {"tok_s": 4000, "mem_g
 
 
 def verdicts(s, costs=COSTS):
-    return [line.split(" | ")[1] for line in R.checks(s, costs).splitlines()[2:]]
+    return [line.split(" | ")[1] for line in reproduce.checks(s, costs).splitlines()[2:]]
 
 
 def test_every_claim_passes_on_a_result_that_shows_it():
@@ -48,12 +48,12 @@ def test_memory_claim():
 
 def test_the_readme_changes_only_between_its_markers(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{R.MARKS[0]}\nold numbers\n{R.MARKS[1]}\nnotes\n")
-    R.write_readme(readme, "new numbers\n")
-    assert readme.read_text() == f"intro\n{R.MARKS[0]}\nnew numbers\n{R.MARKS[1]}\nnotes\n"
+    readme.write_text(f"intro\n{reproduce.MARKS[0]}\nold numbers\n{reproduce.MARKS[1]}\nnotes\n")
+    reproduce.write_readme(readme, "new numbers\n")
+    assert readme.read_text() == f"intro\n{reproduce.MARKS[0]}\nnew numbers\n{reproduce.MARKS[1]}\nnotes\n"
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="no <!-- results"):
-        R.write_readme(readme, "x")
+        reproduce.write_readme(readme, "x")
 
 
 def test_a_run_without_full_length_marks_its_claims_not_run():

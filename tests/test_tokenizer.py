@@ -8,7 +8,14 @@ import sys
 import pytest
 
 from prepare import CORPUS, read_documents
-from tokenizer import WEB_BPE, TiktokenTokenizer, load_tokenizer, read_ranks, train_bpe, write_ranks
+from tokenizer import (
+    WEB_BPE,
+    TiktokenTokenizer,
+    load_tokenizer,
+    read_ranks,
+    train_bpe,
+    write_ranks,
+)
 
 SAMPLES = ["Hello world", "", " leading and trailing  ", "tabs\tand\nnew\n\nlines",
            "naïve café, 東京, Ελλάδα, 🙂👍🏽", "<|endoftext|> is plain text here",

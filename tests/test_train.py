@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import checkpoint as C
-import model as M
-import prepare
-import train as T
 import pose
+import prepare
+import train
+from checkpoint import from_pretrained
 from config import parse_config
+from model import LLaMA, ModelConfig
 from passkey import passkey_example
 from tokenizer import load_tokenizer
 
@@ -43,7 +43,7 @@ def tiny_cfg(data_dir, out_dir, **kw):
     base = dict(data_dir=data_dir, out_dir=str(out_dir), dim=64, n_layers=2, n_heads=4, n_kv_heads=2, Lc=32,
                 Lt=32, batch_size=4, max_steps=4, lr=3e-3, warmup_steps=2, log_interval=2, eval_interval=0,
                 ckpt_interval=0, eval_docs=2, eval_tokens=256)
-    return T.TrainConfig(**(base | kw))
+    return train.TrainConfig(**(base | kw))
 
 
 def final_weights(out_dir):
@@ -58,18 +58,18 @@ def log_losses(out_dir):
 @pytest.mark.parametrize("method,rope", [("plain", "keep"), ("pose", "linear"), ("full", "linear"),
                                          ("randpos", "linear"), ("pose", "yarn")])
 def test_each_method_runs_and_saves_an_extended_hf_model(data_dir, tmp_path, method, rope, no_network):
-    T.train(tiny_cfg(data_dir, tmp_path, method=method, Lt=32 if method == "plain" else 128, rope_type=rope))
+    train.train(tiny_cfg(data_dir, tmp_path, method=method, Lt=32 if method == "plain" else 128, rope_type=rope))
     cfg = json.load(open(tmp_path / "final" / "config.json"))
     if method != "plain":
         assert cfg["rope_scaling"]["rope_type"] == rope and cfg["rope_scaling"]["factor"] == 4.0
         assert cfg["max_position_embeddings"] == 128
     assert all(np.isfinite(log_losses(tmp_path)))
-    assert C.from_pretrained(tmp_path / "final").cfg.max_seq_len == cfg["max_position_embeddings"]
+    assert from_pretrained(tmp_path / "final").cfg.max_seq_len == cfg["max_position_embeddings"]
 
 
 def test_get_batch_shapes_and_shift(data_dir):
     data, rng = prepare.TokenDataset(data_dir, "train"), np.random.default_rng(0)
-    x, pos, y = T.get_batch(data, tiny_cfg(data_dir, "x", method="pose", Lt=256), rng, 3)
+    x, pos, y = train.get_batch(data, tiny_cfg(data_dir, "x", method="pose", Lt=256), rng, 3)
     assert x.shape == pos.shape == y.shape == (3, 31)
     assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one, within each window
     assert (pos.diff(dim=1) > 0).all() and pos.max() < 256 and (pos[:, 0] == 0).all()
@@ -81,7 +81,7 @@ def test_every_window_starts_with_its_documents_bos(data_dir, method):
     data, bos = prepare.TokenDataset(data_dir, "train"), load_tokenizer("web-bpe4k").eos_id
     for start in ("doc", "random"):
         cfg = tiny_cfg(data_dir, "x", method=method, Lt=256, start=start)
-        x, pos, _ = T.get_batch(data, cfg, np.random.default_rng(0), 16)
+        x, pos, _ = train.get_batch(data, cfg, np.random.default_rng(0), 16)
         assert (x[:, 0] == bos).all() and (method == "randpos" or (pos[:, 0] == 0).all())
         for row, p in zip(x.numpy(), pos.numpy()):
             jumps = np.flatnonzero(np.diff(p) > 1) if method == "pose" else []
@@ -96,14 +96,14 @@ def test_random_start_windows_reach_the_end_of_a_document(tmp_path, method):
     prepare.write_split([("book", doc)], load_tokenizer("web-bpe4k"), tmp_path, "train")
     data = prepare.TokenDataset(tmp_path, "train")
     cfg = tiny_cfg(str(tmp_path), "x", method=method, Lc=32, Lt=64, start="random")
-    _, _, y = T.get_batch(data, cfg, np.random.default_rng(0), 400)
+    _, _, y = train.get_batch(data, cfg, np.random.default_rng(0), 400)
     assert (y[:, -1] == data.doc(0)[-1]).any()  # some window ends where the document does: every token is read
 
 
 def test_loss_falls_on_a_fixed_batch(data_dir):
     torch.manual_seed(0)
-    m = M.LLaMA(M.ModelConfig(dim=64, n_layers=2, n_heads=4, vocab_size=4096, max_seq_len=32))
-    x, pos, y = T.get_batch(prepare.TokenDataset(data_dir, "train"), tiny_cfg(data_dir, "x"),
+    m = LLaMA(ModelConfig(dim=64, n_layers=2, n_heads=4, vocab_size=4096, max_seq_len=32))
+    x, pos, y = train.get_batch(prepare.TokenDataset(data_dir, "train"), tiny_cfg(data_dir, "x"),
                             np.random.default_rng(0), 4)
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     losses = []
@@ -117,11 +117,11 @@ def test_loss_falls_on_a_fixed_batch(data_dir):
 
 
 def test_lr_schedule():
-    cfg = T.TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
-    assert T.get_lr(0, cfg) == pytest.approx(0.1) and T.get_lr(9, cfg) == pytest.approx(1.0)
-    assert T.get_lr(60, cfg) == pytest.approx(0.55) and T.get_lr(110, cfg) == pytest.approx(0.1)
+    cfg = train.TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    assert train.get_lr(0, cfg) == pytest.approx(0.1) and train.get_lr(9, cfg) == pytest.approx(1.0)
+    assert train.get_lr(60, cfg) == pytest.approx(0.55) and train.get_lr(110, cfg) == pytest.approx(0.1)
     cfg.decay = "cosine"
-    assert T.get_lr(60, cfg) == pytest.approx(0.55) and T.get_lr(35, cfg) > 0.55 + 0.2
+    assert train.get_lr(60, cfg) == pytest.approx(0.55) and train.get_lr(35, cfg) > 0.55 + 0.2
 
 
 class Crash(Exception):
@@ -131,18 +131,18 @@ class Crash(Exception):
 @pytest.mark.parametrize("lora_rank", [0, 4])
 def test_resume_is_bit_exact(data_dir, tmp_path, monkeypatch, lora_rank):
     kw = dict(method="pose", Lt=128, rope_type="linear", max_steps=6, ckpt_interval=3, lora_rank=lora_rank)
-    T.train(tiny_cfg(data_dir, tmp_path / "straight", **kw))
+    train.train(tiny_cfg(data_dir, tmp_path / "straight", **kw))
 
-    real_save = T.save_checkpoint
+    real_save = train.save_checkpoint
     def save_then_crash(*a, **k):
         real_save(*a, **k)
         raise Crash
-    monkeypatch.setattr(T, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
     with pytest.raises(Crash):
-        T.train(tiny_cfg(data_dir, tmp_path / "crashed", **kw))
-    monkeypatch.setattr(T, "save_checkpoint", real_save)
+        train.train(tiny_cfg(data_dir, tmp_path / "crashed", **kw))
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
     assert open(tmp_path / "crashed" / "latest").read() == "ckpt_0000003"
-    T.train(tiny_cfg(data_dir, tmp_path / "crashed", **kw | {"init_from": "resume"}))
+    train.train(tiny_cfg(data_dir, tmp_path / "crashed", **kw | {"init_from": "resume"}))
 
     a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "crashed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -150,11 +150,11 @@ def test_resume_is_bit_exact(data_dir, tmp_path, monkeypatch, lora_rank):
 
 
 def test_lora_trains_only_adapters_and_merges_exactly(data_dir, tmp_path):
-    T.train(tiny_cfg(data_dir, tmp_path / "base", max_steps=1))
+    train.train(tiny_cfg(data_dir, tmp_path / "base", max_steps=1))
     base = final_weights(tmp_path / "base")
     cfg = tiny_cfg(data_dir, tmp_path / "lora", init_from=str(tmp_path / "base" / "final"), lora_rank=4,
                    lora_targets="wq,wv", lora_train_norms=True, lr=1e-2)
-    lora_model = T.train(cfg)
+    lora_model = train.train(cfg)
     merged = final_weights(tmp_path / "lora")
     changed = {k for k in base if not torch.equal(base[k], merged[k])}
     assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight", "norm.weight", "layernorm.weight"))
@@ -163,7 +163,7 @@ def test_lora_trains_only_adapters_and_merges_exactly(data_dir, tmp_path):
     idx = torch.randint(0, 4096, (2, 32))
     with torch.no_grad():
         ref = lora_model.eval()(idx)
-        got = C.from_pretrained(tmp_path / "lora" / "final").eval()(idx)
+        got = from_pretrained(tmp_path / "lora" / "final").eval()(idx)
     assert (ref - got).abs().max() < 1e-5
 
 
@@ -192,7 +192,7 @@ def test_torchrun_two_processes_match_one(data_dir, tmp_path, fsdp):
     (["--method=magic"], "unknown method 'magic'"),
     (["--Lc=64", "--Lt=32"], "Lt=32 is shorter than Lc=64"),
     (["--num_chunks=0"], "num_chunks=0 must be between 1 and Lc"),
-    (["--max_steps=many"], "--max_steps=many: expected a int"),
+    (["--max_steps=many"], "--max_steps=many: expected an integer"),
     (["--init_from=resume", "--out_dir=/nonexistent/run"], "has no checkpoint"),
 ])
 def test_bad_command_lines_fail_with_one_clear_line(data_dir, argv, message):
@@ -205,20 +205,20 @@ def test_bad_command_lines_fail_with_one_clear_line(data_dir, argv, message):
 def test_help_lists_every_key():
     r = subprocess.run([sys.executable, "train.py", "-h"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0
-    assert all(f"--{k}=" in r.stdout for k in T.TrainConfig.__dataclass_fields__)
+    assert all(f"--{k}=" in r.stdout for k in train.TrainConfig.__dataclass_fields__)
 
 
 def test_configs_parse():
     for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
-        cfg = parse_config(T.TrainConfig, [os.path.join(ROOT, "configs", name)])
-        T.check_config(cfg)
+        cfg = parse_config(train.TrainConfig, [os.path.join(ROOT, "configs", name)])
+        cfg.check()
 
 
 def test_a_fresh_run_never_overwrites_an_old_one(data_dir, tmp_path):
-    T.train(tiny_cfg(data_dir, tmp_path, max_steps=2, ckpt_interval=1))
+    train.train(tiny_cfg(data_dir, tmp_path, max_steps=2, ckpt_interval=1))
     before = sorted(os.listdir(tmp_path))
-    with pytest.raises(SystemExit, match="already holds a run"):
-        T.train(tiny_cfg(data_dir, tmp_path, max_steps=2))
+    with pytest.raises(ValueError, match="holds an earlier run"):
+        train.train(tiny_cfg(data_dir, tmp_path, max_steps=2))
     assert sorted(os.listdir(tmp_path)) == before
 
 
@@ -230,7 +230,7 @@ def test_passkey_rows_begin_with_the_prompt_and_pose_skips_between_key_and_quest
     for _ in range(20):
         tokens, pos = pose.sample(data.doc(0), cfg.Lc, cfg.Lt, method, cfg.num_chunks, rng=rng)
         state = rng.bit_generator.state
-        row, p = T.passkey_row(tokens, pos, tok, cfg, rng)
+        row, p = train.passkey_row(tokens, pos, tok, cfg, rng)
         rng.bit_generator.state = state
         example, prompt = passkey_example(tok, len(tokens), rng)  # the same draws: the row's own prompt
         assert np.array_equal(row[:len(example)], example) and len(row) == len(tokens)
@@ -246,5 +246,5 @@ def test_passkey_rows_begin_with_the_prompt_and_pose_skips_between_key_and_quest
 def test_passkey_share_needs_room_for_the_template(data_dir):
     cfg = tiny_cfg(data_dir, "x", passkey_share=1.0)  # Lc = 32 < the 96-token template
     with pytest.raises(ValueError, match="too short for the passkey template"):
-        T.get_batch(prepare.TokenDataset(data_dir, "train"), cfg, np.random.default_rng(0), 2,
+        train.get_batch(prepare.TokenDataset(data_dir, "train"), cfg, np.random.default_rng(0), 2,
                     load_tokenizer("web-bpe4k"))
