@@ -27,7 +27,7 @@ from multiprocessing import get_context
 import numpy as np
 import torch
 
-from config import parse_config
+from config import parse_config, writable
 from prepare import TokenDataset
 from train import TrainConfig, get_batch, load_model
 from util import check_device, markdown, memory_now, memory_peak, pick_device
@@ -52,6 +52,7 @@ class BenchConfig:
         """A ValueError naming the first option that cannot work."""
         check_shared(self, positive=("Lc", "batch"))
         positive_ints("factors", self.factors)
+        writable(self, "out", "plots")
 
 
 # ----------------------------------------------------------------------------- shared with bench_engineering.py
@@ -234,4 +235,8 @@ def main(bc, command):
 
 
 if __name__ == "__main__":
-    main(parse_config(BenchConfig, sys.argv[1:], __doc__), "python " + " ".join(sys.argv))
+    cfg = parse_config(BenchConfig, sys.argv[1:], __doc__)
+    try:  # missing or damaged data, documents shorter than a window: one line, not a traceback
+        main(cfg, "python " + " ".join(sys.argv))
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")

@@ -32,6 +32,7 @@ results}), each part with the command, machine and options that measured it, and
 rendered from both.
 """
 import json
+import math
 import os
 import statistics
 import sys
@@ -48,7 +49,7 @@ import model
 import pose
 from bench import GiB, check_shared, header, in_fresh_process, machine, paired_median, positive_ints, setup, timed
 from checkpoint import save_pretrained
-from config import parse_config
+from config import heads, in_range, parse_config, writable
 from model import LLaMA, ModelConfig
 from train import TrainConfig, load_model
 from util import markdown, memory_now, memory_peak
@@ -98,8 +99,9 @@ class EngineeringConfig:
             positive_ints("lengths", self.lengths)
         if self.gpu_shape not in ("", *GPU_SHAPES):
             raise ValueError(f"--gpu_shape={self.gpu_shape}: expected {' or '.join(GPU_SHAPES)} (or empty)")
-        if self.peak_tflops <= 0:
-            raise ValueError(f"--peak_tflops={self.peak_tflops}: expected a positive number")
+        heads(self)
+        in_range(self, "peak_tflops", 1e-9, math.inf, "a positive number")
+        writable(self, "out")
 
 
 def autocast(device):

@@ -13,6 +13,7 @@ which refuses anything but tensors, so a checkpoint cannot run code.
 """
 import fcntl
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -68,7 +69,7 @@ def normalize_rope_scaling(rs, max_seq_len):
     if kind in ("yarn", "longrope") and rs.get("factor") is None:  # transformers: the ratio of the two lengths
         rs["factor"] = max_seq_len / rs["original_max_position_embeddings"]
     key = "alpha" if kind == "ntk" else "factor"
-    if kind != "longrope" and (not isinstance(rs[key], (int, float)) or rs[key] < 1):
+    if kind != "longrope" and (not isinstance(rs[key], (int, float)) or not 1 <= rs[key] < math.inf):
         raise ValueError(f"rope type {kind!r} needs {key!r} >= 1, got {rs[key]!r}")
     return rs
 
@@ -204,6 +205,8 @@ def check_hf_types(c):
             raise ValueError(f"{key} = {v!r}: expected {getattr(typ, '__name__', 'a number')}")
         if typ is int and v < 1:
             raise ValueError(f"{key} = {v}: expected a positive size")
+        if typ == (int, float) and not 0 < v < math.inf:  # JSON's NaN and Infinity too
+            raise ValueError(f"{key} = {v!r}: expected a finite number > 0")
     heads, kv = c.get("num_attention_heads"), c.get("num_key_value_heads") or c.get("num_attention_heads")
     if heads and kv and heads % kv:
         raise ValueError(f"num_attention_heads = {heads} is not a multiple of num_key_value_heads = {kv}")
@@ -359,8 +362,7 @@ def save_pretrained(model, path, state_dict=None, dtype=None, tokenizer_files=()
     files = [("model.safetensors", lambda f: save_file(sd, f, metadata={"format": "pt"})),
              ("config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2)))]
     files += [(Path(t).name, lambda f, t=t: shutil.copyfile(t, f)) for t in tokenizer_files]
-    umask = os.umask(0)  # read it (the only way is to set it), then put it back
-    os.umask(umask)
+    umask = _umask()
     for name, write in files:
         fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
         os.close(fd)
@@ -429,9 +431,18 @@ def latest_checkpoint(out_dir):
         return None
 
 
+def _umask():
+    umask = os.umask(0)  # read it (the only way is to set it), then put it back
+    os.umask(umask)
+    return umask
+
+
 def _replace(tmp, path):
-    """Move the finished tmp (a file or folder) to path, removing what was there (a link itself, not its target)."""
-    _remove(path)
+    """Move the finished tmp (a file or folder) to path, removing what was there (a link itself, not its target);
+    it gets the mode any new file or folder would (mkdtemp and mkstemp make them private)."""
+    os.chmod(tmp, (0o777 if os.path.isdir(tmp) else 0o666) & ~_umask())
+    if os.path.isdir(tmp) or (os.path.isdir(path) and not os.path.islink(path)):
+        _remove(path)  # a folder cannot be renamed over another; a file replaces its old self in one step
     os.replace(tmp, path)
 
 
@@ -441,7 +452,7 @@ def _write_atomic(path, text):
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _replace(tmp, path)
 
 
 def raw_model(model):

@@ -10,6 +10,7 @@ anything else is read.
 """
 import inspect
 import math
+import os
 import re
 import sys
 import tomllib
@@ -139,3 +140,23 @@ def int_list(cfg, name, lo=1):
     if not values or min(values) < lo:
         raise _bad(name, getattr(cfg, name), f"comma-separated integers >= {lo}")
     return values
+
+
+def heads(cfg):
+    """dim, n_heads and n_kv_heads that make a model: GQA groups, and heads of an even size (RoPE rotates pairs)."""
+    if cfg.n_heads % cfg.n_kv_heads or cfg.dim % cfg.n_heads or cfg.dim // cfg.n_heads % 2:
+        raise ValueError(f"--n_heads={cfg.n_heads} --n_kv_heads={cfg.n_kv_heads} --dim={cfg.dim}: expected n_kv_heads "
+                         "dividing n_heads, and dim a multiple of n_heads with an even quotient")
+
+
+def writable(cfg, *names, file=False):
+    """Output folders (files, with file=True): each path's nearest existing folder -- a file's own folder or above --
+    must be one this process can write in, so that a long run does not fail at its end for want of a place to write."""
+    for name in names:
+        path = os.path.abspath(getattr(cfg, name))
+        at = os.path.dirname(path) if file else path
+        while not os.path.lexists(at):
+            at = os.path.dirname(at)
+        if not (os.path.isdir(at) and os.access(at, os.W_OK | os.X_OK)):
+            raise _bad(name, getattr(cfg, name), f"a {'file' if file else 'folder'} that can be written ({at} is not "
+                                                 "a folder this process can write in)")

@@ -35,7 +35,7 @@ from checkpoint import from_pretrained, read_hf_config
 from config import int_list, non_negative, one_of, parse_config, positive
 from passkey import passkey_prompt
 from prepare import TokenDataset, read_documents
-from tokenizer import check_vocabulary, load_tokenizer, own_tokenizer, start_id
+from tokenizer import check_vocabulary, load_tokenizer, own_tokenizer, same_tokenizer, start_id
 from util import check_device, markdown, pick_device
 
 PASSKEY_MODES = ("generate", "teacher", "both")
@@ -63,7 +63,7 @@ class EvalConfig:
     seed: int = 0                       # the passkeys drawn
     max_seq_len: int = 0                # Meta checkpoints only, which do not record it: their pretraining length
     out: str = "results"
-    plots: str = "plots"
+    plots: str = "plots"                # where the figures go; "": none
     device: str = "auto"
     dtype: str = "float32"              # the weights' dtype: float32 | bfloat16 | float16
 
@@ -255,7 +255,8 @@ def load_docs(cfg, first_model):
     tok = (load_tokenizer(cfg.tokenizer) if cfg.tokenizer else own_tokenizer(first_model)
            or load_tokenizer(data.meta["tokenizer"] if data else "web-bpe4k"))
     if data:
-        if tok.n_vocab != data.meta["n_vocab"]:
+        made_by = own_tokenizer(data.meta["tokenizer"])  # None where its files are gone: then the sizes must agree
+        if tok.n_vocab != data.meta["n_vocab"] or (made_by is not None and not same_tokenizer(made_by, tok)):
             raise ValueError(f"{cfg.data} was tokenized by {data.meta['tokenizer']} ({data.meta['n_vocab']} tokens), "
                              f"not by {tok.name} ({tok.n_vocab}): prepare it again with the model's tokenizer")
         return [data.doc(i) for i in range(len(data))], tok, f"{cfg.data} ({cfg.split})"
@@ -282,7 +283,8 @@ def evaluate_models(cfg, progress=True):
         if os.path.exists(os.path.join(path, "config.json")):
             check_vocabulary(read_hf_config(path).vocab_size, path, tok)
     os.makedirs(cfg.out, exist_ok=True)
-    os.makedirs(cfg.plots, exist_ok=True)
+    if cfg.plots:
+        os.makedirs(cfg.plots, exist_ok=True)
     cells = passkey_cells(tok, pk_lengths, depths, cfg.passkey_far) if cfg.passkey_trials else {}
     distance = key_distances(tok, pk_lengths, depths) if cfg.passkey_trials else {}
     ppl, keys, disagree = {}, {}, {}
@@ -313,6 +315,8 @@ def evaluate_models(cfg, progress=True):
 
 def write_results(cfg, source, ppl, keys, distance=None, disagree=None):
     import plots  # here, not at the top: train.py imports this file for perplexity() and needs no matplotlib
+    draw = bool(cfg.plots)  # --plots="": the numbers only
+
     def write(name, text):
         with open(os.path.join(cfg.out, name), "w") as f:
             f.write(text)
@@ -327,15 +331,17 @@ def write_results(cfg, source, ppl, keys, distance=None, disagree=None):
     rows = [[name] + [f"{v:.2f}" if v < 1e4 else f"{v:.2e}" for v in (r["ppl"][L]["ppl"] for L in lengths)]
             for name, r in ppl.items()]
     write("ppl.md", f"Perplexity on {source}, {mode}, token-weighted.\n\n" + markdown(["model", *lengths], rows))
-    plots.plot_perplexity({n: {L: v["ppl"] for L, v in r["ppl"].items()} for n, r in ppl.items()},
-                          os.path.join(cfg.plots, "ppl.png"), plots.context_marks(ppl), f"Perplexity on {source}")
+    if draw:
+        plots.plot_perplexity({n: {L: v["ppl"] for L, v in r["ppl"].items()} for n, r in ppl.items()},
+                              os.path.join(cfg.plots, "ppl.png"), plots.context_marks(ppl), f"Perplexity on {source}")
     if curves:
         n_windows = next(iter(ppl.values()))["ppl"][cfg.position_len]["windows"]
         write("position_loss.json", json.dumps({
             "protocol": {"data": source, "length": cfg.position_len, "windows": n_windows, "mode": mode},
             "models": curves}))
-        plots.plot_position_loss(curves, os.path.join(cfg.plots, "position_loss.png"), plots.context_marks(ppl),
-                                 n_windows)
+        if draw:
+            plots.plot_position_loss(curves, os.path.join(cfg.plots, "position_loss.png"), plots.context_marks(ppl),
+                                     n_windows)
     if not keys:
         return
     write("passkey.json", json.dumps({"protocol": {"trials_per_length": cfg.passkey_trials, "mode": cfg.passkey_mode,
@@ -348,7 +354,7 @@ def write_results(cfg, source, ppl, keys, distance=None, disagree=None):
     write("passkey.md", f"Passkey retrieval accuracy, {cfg.passkey_trials} trials per length, {cfg.passkey_mode}; "
           "the first rows give how many tokens back from the answer each key line starts.\n\n"
           + markdown(["model", "length"] + [f"depth {d:.0%}" for d in depths] + ["mean"], rows))
-    for name, acc in keys.items():
+    for name, acc in keys.items() if draw else ():
         plots.plot_passkey(acc, os.path.join(cfg.plots, f"passkey_{name}.png"), f"Passkey retrieval: {name}")
 
 

@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,14 +39,20 @@ def _save(fig, path):
     fig.savefig(path, dpi=110)
 
 
-def plot_perplexity(ppl, path, marks=None, title="Perplexity vs evaluation length"):
-    """ppl {model: {length: perplexity}}; marks {length: label} draws e.g. L0 and Lt as dashed lines."""
+def plot_perplexity(ppl, path, marks=None, title="Perplexity vs evaluation length", spread=None):
+    """ppl {model: {length: perplexity}}; marks {length: label} draws e.g. L0 and Lt as dashed lines; spread
+    {model: {length: (low, high)}} draws each point's spread (over seeds) as an error bar."""
     fig = Figure(figsize=SIZE)
     ax = fig.subplots()
     lengths = sorted({int(L) for curve in ppl.values() for L in curve})
-    for name, curve in ppl.items():
+    for k, (name, curve) in enumerate(ppl.items()):
         xs = sorted(curve, key=int)
-        ax.plot([int(L) for L in xs], [curve[L] for L in xs], "o-", label=name)
+        ys = [curve[L] for L in xs]
+        bars = (spread or {}).get(name)
+        err = None if not bars else np.array([[y - bars[L][0], bars[L][1] - y] for L, y in zip(xs, ys)]).T
+        dodge = 2 ** (0.02 * (k - (len(ppl) - 1) / 2)) if spread else 1  # bars side by side, not on top
+        ax.errorbar([int(L) * dodge for L in xs], ys, yerr=err, marker="o", capsize=3, label=name,
+                    color=f"C{k % 10}", ls="-" if k < 10 else "--")
     _marks(ax, marks, max(lengths))
     values = [v for curve in ppl.values() for v in curve.values()]
     log = max(values) > 10 * min(values)  # a model past its window goes to 10^3 and beyond
@@ -57,22 +64,27 @@ def plot_perplexity(ppl, path, marks=None, title="Perplexity vs evaluation lengt
     _save(fig, path)
 
 
-def plot_position_loss(curves, path, marks=None, windows=None, smooth=64):
+def plot_position_loss(curves, path, marks=None, windows=None, smooth=None, bands=None, title=None):
     """curves {model: mean loss at positions 0 … L-1}, drawn as moving averages over `smooth` positions (the raw
-    curves are noisy); marks {position: label} as dashed lines (L0, Lt). A model that cannot use positions past
-    the length it was pretrained at rises after L0; one that can stays flat or falls, as more context should."""
+    curves are noisy; default L / 16); bands {model: (low curve, high curve)} shade each model's spread over seeds;
+    marks {position: label} as dashed lines (L0, Lt). A model that cannot use positions past the length it was
+    pretrained at rises after L0; one that can stays flat or falls, as more context should make it."""
+    L = max(map(len, curves.values()))
+    smooth = smooth or max(L // 16, 1)
     fig = Figure(figsize=(SIZE[0] * 1.2, SIZE[1] * 1.1))
     ax = fig.subplots()
     kernel = np.ones(smooth) / smooth
     for k, (name, loss) in enumerate(curves.items()):
-        loss = np.asarray(loss)
         x = np.arange(len(loss))[smooth - 1:] - (smooth - 1) / 2  # each average drawn at the middle of its span
-        ax.plot(x, np.convolve(loss, kernel, mode="valid"), lw=1.5, label=name, color=f"C{k % 10}",
+        color = f"C{k % 10}"
+        ax.plot(x, np.convolve(np.asarray(loss), kernel, mode="valid"), lw=1.5, label=name, color=color,
                 ls="-" if k < 10 else "--")
-    L = max(map(len, curves.values()))
+        if bands and name in bands:
+            low, high = (np.convolve(np.asarray(b), kernel, mode="valid") for b in bands[name])
+            ax.fill_between(x, low, high, color=color, alpha=0.2, lw=0)
     _marks(ax, marks, L - 1)
     ax.set(xlabel="position in the window (tokens)", ylabel=f"next-token loss (nats, mean over {smooth} positions)",
-           title=f"Loss at each position of {windows or 'the'} held-out windows of {L} tokens", xlim=(0, L))
+           title=title or f"Loss at each position of {windows or 'the'} held-out windows of {L} tokens", xlim=(0, L))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     _save(fig, path)
 
@@ -96,25 +108,37 @@ def plot_passkey(acc, path, title="Passkey retrieval"):
     _save(fig, path)
 
 
-def plot_passkey_beyond(beyond, path, Lc):
-    """beyond {model: {length: accuracy on keys farther back than Lc, or None}} -> one line per model."""
+def plot_passkey_beyond(beyond, path, Lc, intervals=None, title=None):
+    """beyond {model: {length: accuracy on keys farther back than Lc, or None}} -> one line per model; intervals
+    {model: {length: (low, high)}} as error bars (e.g. 95% intervals)."""
     fig = Figure(figsize=SIZE)
     ax = fig.subplots()
     lengths = sorted({int(L) for curve in beyond.values() for L, a in curve.items() if a is not None})
     for k, (name, curve) in enumerate(beyond.items()):
         xs = [L for L in lengths if curve.get(L) is not None]
-        ax.plot(xs, [100 * curve[L] for L in xs], marker="o", label=name, color=f"C{k % 10}",
-                ls="-" if k < 10 else "--")
+        ys = [100 * curve[L] for L in xs]
+        bars = (intervals or {}).get(name)
+        err = None if not bars else np.array([[y - 100 * bars[L][0], 100 * bars[L][1] - y] for L, y in zip(xs, ys)]).T
+        dodge = 2 ** (0.03 * (k - (len(beyond) - 1) / 2)) if intervals else 1  # bars side by side
+        ax.errorbar([L * dodge for L in xs], ys, yerr=err, marker="o", capsize=3, label=name, color=f"C{k % 10}",
+                    ls="-" if k < 10 else "--")
     _log2_lengths(ax, lengths)
     ax.set(xlabel="prompt length (tokens)", ylabel="keys retrieved (%)", ylim=(-3, 103),
-           title=f"Passkey retrieval, keys farther back than Lc = {Lc}")
+           title=title or f"Passkey retrieval, keys farther back than Lc = {Lc}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     _save(fig, path)
 
 
 def read_log(path):
+    """The records of a log.jsonl; a ValueError names a line that is not JSON."""
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for n, line in enumerate(f, 1):
+            try:
+                records += [json.loads(line)] if line.strip() else []
+            except ValueError as e:
+                raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
+    return records
 
 
 def plot_training(logs, path, title="Training loss"):
@@ -171,6 +195,10 @@ class PlotConfig:
     bench: str = "results/bench.json"  # bench.py's results; part b holds {method: {Lt: {"mem_gib", "step_s"}}}
     out: str = "plots"
 
+    def check(self):
+        from config import writable
+        writable(self, "out")
+
 
 def context_marks(models):
     """{length: "L0" or "Lt"} from ppl.json's models ({name: {"L0", "Lt", ...}}): each model's pretraining length
@@ -183,35 +211,55 @@ def _load(path):
         return json.load(f)
 
 
+@contextmanager
+def _reading(path, writer):
+    """What goes wrong with what `path` holds (not JSON, a key missing, a value of the wrong type) as one ValueError
+    that names the file."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        raise ValueError(f"{path}: not what {writer} writes ({type(e).__name__}: {e})") from None
+
+
 def main(cfg):
     """Redraw every figure whose input exists; the coverage figure is pose.py's (python pose.py)."""
-    wrote = []
-    if os.path.exists(os.path.join(cfg.results, "ppl.json")):
-        results = _load(os.path.join(cfg.results, "ppl.json"))
-        models = results["models"]
-        wrote.append(os.path.join(cfg.out, "ppl.png"))
-        plot_perplexity({n: {L: v["ppl"] for L, v in r["ppl"].items()} for n, r in models.items()}, wrote[-1],
-                        context_marks(models), f"Perplexity on {results['protocol']['data']}")
+    wrote, ppl_json = [], os.path.join(cfg.results, "ppl.json")
+    if os.path.exists(ppl_json):
+        with _reading(ppl_json, "eval.py"):
+            results = _load(ppl_json)
+            models = results["models"]
+            wrote.append(os.path.join(cfg.out, "ppl.png"))
+            plot_perplexity({n: {L: v["ppl"] for L, v in r["ppl"].items()} for n, r in models.items()}, wrote[-1],
+                            context_marks(models), f"Perplexity on {results['protocol']['data']}")
     if os.path.exists(os.path.join(cfg.results, "position_loss.json")):
-        pl = _load(os.path.join(cfg.results, "position_loss.json"))
-        wrote.append(os.path.join(cfg.out, "position_loss.png"))
-        marks = context_marks(_load(os.path.join(cfg.results, "ppl.json"))["models"])
-        plot_position_loss(pl["models"], wrote[-1], marks, pl["protocol"]["windows"])
+        with _reading(os.path.join(cfg.results, "position_loss.json"), "eval.py"):
+            pl = _load(os.path.join(cfg.results, "position_loss.json"))
+            wrote.append(os.path.join(cfg.out, "position_loss.png"))
+            marks = context_marks(_load(ppl_json)["models"])
+            plot_position_loss(pl["models"], wrote[-1], marks, pl["protocol"]["windows"])
     if os.path.exists(os.path.join(cfg.results, "passkey.json")):
-        for name, acc in _load(os.path.join(cfg.results, "passkey.json"))["models"].items():
-            wrote.append(os.path.join(cfg.out, f"passkey_{name}.png"))
-            plot_passkey(acc, wrote[-1], title=f"Passkey retrieval: {name}")
+        with _reading(os.path.join(cfg.results, "passkey.json"), "eval.py"):
+            for name, acc in _load(os.path.join(cfg.results, "passkey.json"))["models"].items():
+                wrote.append(os.path.join(cfg.out, f"passkey_{name}.png"))
+                plot_passkey(acc, wrote[-1], title=f"Passkey retrieval: {name}")
     runs = sorted(glob.glob(os.path.join(cfg.logs, "*", "log.jsonl")))
     if runs:
-        wrote.append(os.path.join(cfg.out, "training.png"))
-        plot_training({os.path.basename(os.path.dirname(p)): read_log(p) for p in runs}, wrote[-1])
+        logs = {os.path.basename(os.path.dirname(p)): read_log(p) for p in runs}
+        with _reading(os.path.join(cfg.logs, "*", "log.jsonl"), "train.py"):
+            wrote.append(os.path.join(cfg.out, "training.png"))
+            plot_training(logs, wrote[-1])
     if os.path.exists(cfg.bench):
-        wrote.append(os.path.join(cfg.out, "memory_time.png"))
-        b = _load(cfg.bench)["b"]
-        plot_memory_time({m: b[m] for m in ("pose", "full")}, wrote[-1])
+        with _reading(cfg.bench, "bench.py"):
+            wrote.append(os.path.join(cfg.out, "memory_time.png"))
+            b = _load(cfg.bench)["b"]
+            plot_memory_time({m: b[m] for m in ("pose", "full")}, wrote[-1])
     print("wrote " + (", ".join(wrote) if wrote else f"nothing: no inputs in {cfg.results}, {cfg.logs}, {cfg.bench}"))
 
 
 if __name__ == "__main__":
     from config import parse_config
-    main(parse_config(PlotConfig, sys.argv[1:], __doc__))
+    cfg = parse_config(PlotConfig, sys.argv[1:], __doc__)
+    try:  # an input that is not what its script writes, a figure that cannot be written: one line, no traceback
+        main(cfg)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")

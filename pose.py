@@ -43,6 +43,7 @@ shifted by d, so a batch of examples is one FFT autocorrelation (numpy, float32:
 ≤ Lt and the rounding error is far below the 0.5 threshold, so the per-example answer is exact).
 """
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,9 +190,17 @@ class CoverageDemo:
     out: str = "plots/coverage.png"  # where the figure goes
 
     def check(self):
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        from config import positive, writable
         check(self.Lc, self.Lt, "pose", 1, "skip")
-        if self.n_samples < 1:
-            raise ValueError(f"--n_samples={self.n_samples}: expected a positive count")
+        if self.Lc < 3:
+            raise ValueError(f"--Lc={self.Lc}: expected 3 or more (the demo draws PoSE windows of 3 chunks)")
+        positive(self, "n_samples")
+        formats = FigureCanvasBase.get_supported_filetypes()  # checked now, not after the Monte Carlo
+        if os.path.splitext(self.out)[1][1:].lower() not in formats:
+            raise ValueError(f"--out={self.out}: expected a file name ending in .{', .'.join(formats)}")
+        writable(self, "out", file=True)
 
 
 def demo(cfg):

@@ -137,7 +137,8 @@ def write_split(docs, tok, out, split, min_len=0, spec="", source=""):
 
 class TokenDataset:
     """A prepared split: `tokens` (a read-only memmap), `offsets`, `lengths`, and whole documents by index. Files
-    that do not agree with each other (a cut-short .bin, offsets past it) are refused, naming the file."""
+    that do not agree with each other (a cut-short .bin, offsets past it, ids past the tokenizer's) are refused,
+    naming the file."""
 
     def __init__(self, folder, split="train"):
         prefix = os.path.join(folder, split)
@@ -158,12 +159,18 @@ class TokenDataset:
             self.offsets = np.load(prefix + ".offsets.npy")
         except (ValueError, EOFError) as e:
             raise ValueError(f"{prefix}.offsets.npy: unreadable ({e})") from None
+        if self.offsets.dtype.kind not in "iu":
+            raise ValueError(f"{prefix}.offsets.npy: {self.offsets.dtype} offsets, not integers: prepare it again")
         self.lengths = np.diff(self.offsets)
         if self.offsets.ndim != 1 or len(self.offsets) < 2 or self.offsets[0] != 0 or (self.lengths < 0).any() \
                 or self.offsets[-1] != len(self.tokens):
             raise ValueError(f"{prefix}: the offsets (ending at {self.offsets[-1] if self.offsets.size else None}) "
                              f"do not cut the {len(self.tokens)} tokens of {prefix}.bin into documents: prepare it "
                              "again")
+        top = int(self.tokens.max()) if len(self.tokens) else -1  # one pass, or an embedding lookup fails mid-run
+        if top >= self.meta["n_vocab"]:
+            raise ValueError(f"{prefix}.bin: token id {top} is beyond the {self.meta['n_vocab']} tokens of "
+                             f"{self.meta['tokenizer']} ({prefix}.json): prepare it again")
 
     def __len__(self):
         return len(self.lengths)

@@ -1,215 +1,605 @@
-"""reproduce.py: the paper's comparison in miniature, on CPU: one tiny pretrained base extended 8x (128 -> 1024
-tokens) by PoSE variants, RandPos and Full-length with equal steps and rows, beside the base itself and plain
-fine-tuning; then perplexity (the paper's sliding window), loss at every position, and passkey retrieval.
+"""reproduce.py: the paper's comparison in miniature, on CPU, with seeds: what the skip adds to interpolation, how far
+it reaches (the paper's 64×), and how sure the numbers are.
 
-    python reproduce.py                 # the whole comparison, about 34 minutes on 2 cores (Full-length 15 of them)
-    python reproduce.py --quick=true    # fewer runs, steps, tokens and trials: about 4 minutes
-    python reproduce.py --pretrain=true # first remake the shipped base (models/tiny_base) from scratch, +30 min
+    python reproduce.py                 # every run and check, about 70 minutes on 2 cores
+    python reproduce.py --quick=true    # the 2 × 2 at 8·Lc, one seed, fewer steps and tokens: about 4 minutes
+    python reproduce.py --pretrain=true --base=models/my_base   # first pretrain a base (+30 min) into a new folder
 
-Every run continues the base's own training mixture -- the books, with half of the rows a synthetic passkey prompt
-(configs/tiny_pose.toml) -- as the paper continues LLaMA on The Pile. Each run is `python train.py
-configs/tiny_pose.toml --key=value ...` in its own process (so its peak memory is its own); the commands are
-printed. Results: results/{ppl,passkey,position_loss}.json and .md, results/table.md, results/checks.md (the
-paper's claims, each with its numbers and PASS/FAIL), plots/, and the README's results section.
+One tiny pretrained base (L0 = Lc = 128) is fine-tuned on 128-token windows, every run on the base's own mixture
+(configs/tiny_pose.toml: the books, half of the rows a passkey prompt) for the same steps and rows:
+- the 2 × 2 that says what each part of PoSE does, at Lt = 8·Lc = 1024, each with `seeds` seeds: positions plain
+  (0 … 127) or skipped (PoSE, N = 2) × RoPE scaling none or the headline's PoSE-YaRN (s = 8, beta_fast 4);
+- the paper's 64×: the two scaled runs of the 2 × 2 again with Lt = 64·Lc = 8192 (s = 64), as many seeds;
+- further rows at 8·Lc, one seed each: PoSE with linear interpolation, PoSE-YaRN with YaRN's beta_fast 32,
+  RandPos, and Full-length (1024-token windows: 8× the tokens of every other run).
+Then perplexity (sliding window), loss at every position, and passkey retrieval on keys farther back than Lc, for
+every model; means and spreads over seeds, 95% intervals on every rate, and the paper's claims checked with them.
+Runs go `workers` at a time, one CPU thread each, as separate `python train.py` / `python eval.py` processes (so
+each run's peak memory is its own); every command is printed and every process's output kept in its run folder.
+A finished run or evaluation whose settings match is reused, an unfinished one resumed, so an interrupted
+reproduce.py continues where it stopped; a run folder made with other settings is refused, never overwritten.
+Writes results/{summary.json, table.md, checks.md}, plots/, and the README's results section.
 """
 import json
+import math
 import os
-import re
-import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
 import plots
-from checkpoint import from_pretrained, save_pretrained
-from config import parse_config
-from eval import EvalConfig, beyond, evaluate_models
+from checkpoint import from_pretrained, latest_checkpoint, load_tensors, save_pretrained
+from config import non_negative, parse_config, positive
 from train import TrainConfig
 from util import markdown
 
-Lc, Lt = 128, 1024
-RUNS = {  # name -> overrides of configs/tiny_pose.toml (the headline PoSE run: N = 2, PoSE-YaRN, beta_fast 4)
-    "plain": {"method": "plain", "rope_type": "none"},  # the control: Lc windows, no RoPE scaling
-    "pose": {},
-    "pose_linear": {"rope_type": "linear"},             # position interpolation
-    "pose_yarn": {"yarn_beta_fast": 32.0},              # PoSE-YaRN with the paper's beta_fast (the headline uses 4)
-    "pose_none": {"rope_type": "none"},                 # the ablation: skipped positions, no interpolation
-    "randpos": {"method": "randpos"},
-    "full": {"method": "full"},                         # 1024-token windows: 8x the tokens of every other run
-}
-QUICK = ("plain", "pose", "randpos")  # Full-length alone would take the quick run's whole budget
+Lc, Lt, Lt64 = 128, 1024, 8192
+HERE = os.path.dirname(os.path.abspath(__file__))
 MARKS = ("<!-- results: written by reproduce.py -->", "<!-- /results -->")
+HEADLINE = "PoSE-YaRN β4"  # configs/tiny_pose.toml's scaling: the official code's revised YaRN, beta_fast 4
+
+
+@dataclass
+class Run:
+    positions: str     # plain (0 … Lc-1) | pose (skipped) | randpos | full (Lt-token windows)
+    scaling: str       # the RoPE scaling, as the tables name it
+    Lt: int
+    overrides: dict = field(default_factory=dict)  # of configs/tiny_pose.toml
+    seeded: bool = True  # run with every seed (else with the first only)
+
+    @property
+    def name(self):  # what it is: positions, scaling, target length
+        return f"{self.positions}_{self.scaling.replace('PoSE-YaRN β', 'yarnpose').lower()}_{self.Lt // 1024}k"
+
+
+RUNS = [  # the 2 × 2 first, then the paper's 64×, then further rows
+    Run("plain", "none", Lt, {"method": "plain", "rope_type": "none"}),
+    Run("pose", "none", Lt, {"rope_type": "none"}),
+    Run("plain", HEADLINE, Lt, {"method": "plain"}),
+    Run("pose", HEADLINE, Lt),
+    Run("pose", HEADLINE, Lt64, {"Lt": Lt64}),
+    Run("plain", HEADLINE, Lt64, {"method": "plain", "Lt": Lt64}),
+    Run("pose", "linear", Lt, {"rope_type": "linear"}, seeded=False),
+    Run("pose", "PoSE-YaRN β32", Lt, {"yarn_beta_fast": 32.0}, seeded=False),
+    Run("randpos", HEADLINE, Lt, {"method": "randpos"}, seeded=False),
+    Run("full", HEADLINE, Lt, {"method": "full"}, seeded=False),
+]
+TWO_BY_TWO = [r.name for r in RUNS[:4]]
+PLAIN, POSE_NONE, SCALED, POSE = TWO_BY_TWO
+POSE64, SCALED64 = RUNS[4].name, RUNS[5].name
+RANDPOS, FULL = RUNS[8].name, RUNS[9].name
 
 
 @dataclass
 class ReproConfig:
-    base: str = "models/tiny_base"   # the shipped pretrained base, a Hugging Face directory
-    pretrain: bool = False           # remake the base with configs/tiny_pretrain*.toml first
-    quick: bool = False              # the runs in QUICK, and the quick_* settings below
+    base: str = "models/tiny_base"   # the pretrained base, a Hugging Face folder (the shipped one by default)
+    pretrain: bool = False           # first pretrain a base into --base (configs/tiny_pretrain*.toml); it must not exist
+    quick: bool = False              # only the 2 × 2 at 8·Lc, one seed, and the quick_* settings below
+    seeds: int = 3                   # seeds of the 2 × 2 and the 64× runs (1337, 1338, …); the further rows get one
     steps: int = 200                 # fine-tuning steps of every run
     batch_size: int = 16             # rows per step of every run
-    eval_tokens: int = 8192          # perplexity on the first eval_tokens tokens of each held-out book
-    passkey_trials: int = 10         # per (length, depth)
+    eval_tokens: int = 4096          # 8·Lc perplexity on the first eval_tokens tokens of each held-out book
+    long_tokens: int = 10240         # 64·Lc perplexity and position loss on the first long_tokens of each book
+    passkey_trials: int = 50         # per length and seed: keys farther back than Lc (at Lc: inside the window)
     quick_steps: int = 80            # --quick=true: steps (60 x 8 rows taught no retrieval past Lc)
-    quick_batch_size: int = 16       # ... rows
     quick_eval_tokens: int = 2048    # ... tokens per book
-    quick_passkey_trials: int = 4    # ... trials
-    runs_dir: str = "out/repro"      # the runs' checkpoints and logs
+    quick_passkey_trials: int = 20   # ... trials per length
+    workers: int = 2                 # processes at a time, each with one CPU thread
+    runs_dir: str = ""               # the runs' folders; "": out/repro, or out/repro_quick with --quick=true
     out: str = "results"             # tables and JSON
     plots: str = "plots"             # figures
     readme: str = "README.md"        # whose results section (between its markers) is rewritten
 
+    def check(self):
+        positive(self, "seeds", "steps", "batch_size", "eval_tokens", "long_tokens", "quick_steps",
+                 "quick_eval_tokens", "workers")
+        non_negative(self, "passkey_trials", "quick_passkey_trials")
+        if self.eval_tokens < Lt or self.quick_eval_tokens < Lt or self.long_tokens < Lt64:
+            raise ValueError(f"--eval_tokens={self.eval_tokens} --quick_eval_tokens={self.quick_eval_tokens} "
+                             f"--long_tokens={self.long_tokens}: expected at least {Lt}, {Lt} and {Lt64} (a window)")
+        if self.pretrain and os.path.exists(self.base):
+            raise ValueError(f"--base={self.base} exists: --pretrain=true writes a new base, so name a new folder "
+                             "(or remove this one yourself)")
+        if not self.pretrain and not os.path.isfile(os.path.join(self.base, "model.safetensors")):
+            raise ValueError(f"--base={self.base}: no model.safetensors there (--pretrain=true makes a base)")
 
-def run(cmd):
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+
+# ----------------------------------------------------------------------------- running jobs
+class Jobs:
+    """Commands run `workers` at a time, one CPU thread each, with a line per start and end on the console."""
+
+    def __init__(self, workers):
+        self.workers, self.env = workers, os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def run(self, jobs):
+        """jobs: [(label, argv, log file)]; stops at the first failure, naming its log."""
+        t0, done = time.time(), []
+
+        def one(job):
+            label, argv, log = job
+            print(f"$ {' '.join(argv)}  > {log}", flush=True)
+            start = time.time()
+            with open(log, "w") as f:
+                rc = subprocess.run(argv, cwd=HERE, env=self.env, stdout=f, stderr=subprocess.STDOUT).returncode
+            if rc:
+                raise RuntimeError(f"{label} failed (exit status {rc}): {tail(log)} (all of it: {log})")
+            done.append(label)
+            print(f"[{len(done)}/{len(jobs)}] {label}: {(time.time() - start) / 60:.1f} min "
+                  f"({(time.time() - t0) / 60:.1f} min so far)", flush=True)
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            for f in [pool.submit(one, j) for j in jobs]:
+                f.result()
 
 
-def make_base(cfg):
-    """Pretrain in two stages (a quarter, then half of the rows passkey prompts) and ship the result in bfloat16
-    (8 MB), as LLaMA is shipped, with its tokenizer."""
+def tail(path):
+    with open(path) as f:
+        lines = [line.strip() for line in f if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+# ----------------------------------------------------------------------------- training
+def train_args(cfg, run, seed, out_dir):
+    """The overrides of configs/tiny_pose.toml for one run."""
+    return {"init_from": cfg.base, "max_steps": cfg.steps, "batch_size": cfg.batch_size, "seed": seed,
+            "out_dir": out_dir, "eval_interval": 0, "eval_docs": 0, "ckpt_interval": 50} | run.overrides
+
+
+def run_state(out_dir, args):
+    """'done' (final/ and a last checkpoint of these settings), 'resume' (a checkpoint of them), 'new' (nothing
+    there), or a ValueError: a run folder made with other settings is never overwritten."""
+    wanted = asdict(parse_config(TrainConfig, [os.path.join(HERE, "configs", "tiny_pose.toml")]
+                                 + [f"--{k}={v}" for k, v in args.items()]))
+    latest = latest_checkpoint(out_dir)
+    if latest is None:
+        if os.path.isdir(out_dir) and any(n != "stdout.txt" for n in os.listdir(out_dir)):
+            raise ValueError(f"{out_dir} holds files of another run: remove it or choose another --runs_dir")
+        return "new"
+    state = load_tensors(os.path.join(latest, "train_state.pt"))
+    differ = [k for k in wanted if k != "init_from" and state["config"].get(k) != wanted[k]]
+    if differ:
+        raise ValueError(f"{out_dir} holds a run with other settings ({', '.join(differ)}): remove it or choose "
+                         "another --runs_dir")
+    finished = state["step"] == wanted["max_steps"] and os.path.isdir(os.path.join(out_dir, "final"))
+    return "done" if finished else "resume"
+
+
+def training_jobs(cfg, plan):
+    """The train.py commands still to run (longest first), checking every run folder before any starts."""
+    jobs = []
+    for run, seed, out_dir in plan:
+        args = train_args(cfg, run, seed, out_dir)
+        state = run_state(out_dir, args)
+        if state == "done":
+            continue
+        os.makedirs(out_dir, exist_ok=True)
+        args |= {"init_from": "resume"} if state == "resume" else {}
+        jobs.append((f"train {run.name} seed {seed}", [sys.executable, "train.py", "configs/tiny_pose.toml"]
+                     + [f"--{k}={v}" for k, v in args.items()], os.path.join(out_dir, "stdout.txt")))
+    return sorted(jobs, key=lambda j: "--method=full" not in j[1])  # the longest first: the others fill around it
+
+
+def make_base(cfg, jobs):
+    """Pretrain in two stages (a quarter, then half of the rows passkey prompts) and write the result to --base in
+    bfloat16 (8 MB), as LLaMA is shipped, with its tokenizer. Each stage's folder is reused or resumed as a run's."""
     for stage in ("tiny_pretrain", "tiny_pretrain_passkey"):
-        out_dir = parse_config(TrainConfig, [f"configs/{stage}.toml"]).out_dir
-        shutil.rmtree(out_dir, ignore_errors=True)
-        run([sys.executable, "train.py", f"configs/{stage}.toml"])
-    final = os.path.join(out_dir, "final")
+        stage_cfg = parse_config(TrainConfig, [f"configs/{stage}.toml"])
+        if not os.path.isdir(os.path.join(stage_cfg.out_dir, "final")):
+            resume = ["--init_from=resume"] if latest_checkpoint(stage_cfg.out_dir) else []
+            os.makedirs(stage_cfg.out_dir, exist_ok=True)
+            jobs.run([(stage, [sys.executable, "train.py", f"configs/{stage}.toml", *resume],
+                       os.path.join(stage_cfg.out_dir, "stdout.txt"))])
+    final = os.path.join(stage_cfg.out_dir, "final")
     tok = [os.path.join(final, f) for f in os.listdir(final) if f.endswith(".tiktoken")]
     save_pretrained(from_pretrained(final), cfg.base, dtype=torch.bfloat16, tokenizer_files=tok)
 
 
-def step_costs(runs_dir, names):
-    """Per run: median tokens/s and its process's peak memory (VmHWM), from its own train log."""
+# ----------------------------------------------------------------------------- evaluation
+DEPTHS = ",".join(str(d / 10) for d in range(11))  # key depths 0, 0.1, … 1: keys from ~40 to L − 50 tokens back
+
+
+def eval_args(cfg, kind):
+    """eval.py's options: at 8·Lc the paper's sliding window with stride Lc and passkeys; at 64·Lc stride 1024."""
+    if kind == "8x":
+        return {"lengths": f"{Lc},{2 * Lc},{4 * Lc},{Lt}", "stride": Lc, "max_tokens": cfg.eval_tokens,
+                "position_len": Lt, "passkey_trials": cfg.passkey_trials, "passkey_far": Lc, "passkey_depths": DEPTHS,
+                "passkey_mode": "teacher"}
+    return {"lengths": f"{Lt},{2 * Lt},{4 * Lt},{Lt64}", "stride": 1024, "max_tokens": cfg.long_tokens,
+            "position_len": Lt64, "passkey_trials": 0}
+
+
+def evaluation_jobs(cfg, models, retrained):
+    """eval.py commands for [(label, model folder, kind, out folder)], skipping those already done with the same
+    options (their request.json) on a model not trained again since (`retrained`: the run folders trained now)."""
+    jobs = []
+    for label, path, kind, out in models:
+        args = eval_args(cfg, kind) | {"models": f"m={path}", "out": out, "plots": ""}
+        request, results = os.path.join(out, "request.json"), os.path.join(out, "ppl.json")
+        if os.path.exists(results) and os.path.exists(request) and os.path.dirname(path) not in retrained:
+            with open(request) as f:
+                if json.load(f) == args:
+                    continue
+        os.makedirs(out, exist_ok=True)
+        if os.path.exists(results):
+            os.remove(results)  # this reproduce.py's own, now stale: a new one marks the evaluation finished
+        with open(request, "w") as f:
+            json.dump(args, f)
+        jobs.append((f"evaluate {label} ({kind})", [sys.executable, "eval.py", *(f"--{k}={v}" for k, v in args.items())],
+                     os.path.join(out, "stdout.txt")))
+    return jobs
+
+
+def read_eval(out):
+    """One evaluation: {"ppl": {L: ppl}, "position": [loss at each position], "passkey": {L: {depth: acc}},
+    "distance": {L: {depth: tokens}}} with int lengths and float depths."""
+    def load(name):
+        path = os.path.join(out, name)
+        return json.load(open(path)) if os.path.exists(path) else None
+    ppl, pos, keys = load("ppl.json"), load("position_loss.json"), load("passkey.json")
+    res = {"ppl": {int(L): v["ppl"] for L, v in ppl["models"]["m"]["ppl"].items()},
+           "position": pos["models"]["m"], "windows": pos["protocol"]["windows"]}
+    if keys:
+        res["passkey"] = {int(L): {float(d): a for d, a in c.items()} for L, c in keys["models"]["m"].items()}
+        res["distance"] = {int(L): {float(d): n for d, n in c.items()} for L, c in keys["distance"].items()}
+        res["trials"] = keys["protocol"]["trials_per_length"]
+        res["disagreements"] = keys["disagreements"]["m"]
+    return res
+
+
+# ----------------------------------------------------------------------------- statistics
+@dataclass
+class Est:
+    """A number with its spread: mean, and (low, high) = mean ∓ sd over seeds, or a 95% interval for a rate."""
+    mean: float
+    low: float
+    high: float
+    n: int = 1             # seeds (or trials, for a rate)
+    assumed: bool = False  # one seed: the spread is the seeded runs' typical one, not measured
+
+    def __str__(self):
+        return f"{self.mean:.2f} ± {(self.high - self.low) / 2:.2f}" + "*" * self.assumed
+
+
+def over_seeds(values, rel_sd=None):
+    """Mean ± sd of per-seed values; with one value, ± the relative sd `rel_sd` of the seeded runs (marked)."""
+    m = float(np.mean(values))
+    if len(values) > 1:
+        sd = float(np.std(values, ddof=1))
+        return Est(m, m - sd, m + sd, len(values))
+    sd = (rel_sd or 0.0) * m
+    return Est(m, m - sd, m + sd, 1, assumed=rel_sd is not None)
+
+
+def wilson(k, n, z=1.96):
+    """The 95% Wilson interval of a rate of k in n (Est, n = trials)."""
+    if n == 0:
+        return None
+    p, d = k / n, 1 + z * z / n
+    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return Est(p, max(0.0, c - h), min(1.0, c + h), n)
+
+
+def verdict(a, b, factor=1.0):
+    """Is a ≤ factor · b? 'PASS' or 'FAIL' when the two sides' spreads do not overlap, else 'no difference at this
+    size' (a or b may be plain numbers: no spread)."""
+    a, b = (x if isinstance(x, Est) else Est(x, x, x) for x in (a, b))
+    if a.high <= factor * b.low:
+        return "PASS"
+    if a.low > factor * b.high:
+        return "FAIL"
+    return "no difference at this size"
+
+
+def compare(a, b):
+    """'x% lower' / 'x% higher' than b, or 'no difference at this size' when the spreads overlap."""
+    if verdict(a, b) == verdict(b, a) == "no difference at this size":
+        return f"no difference at this size ({a.mean / b.mean - 1:+.1%})"
+    return f"{abs(a.mean / b.mean - 1):.1%} {'lower' if a.mean < b.mean else 'higher'}"
+
+
+def summarize(evals, mems):
+    """evals {model: [per-seed read_eval]} -> {model: {"ppl": {L: Est}, "passkey": {L: Est}, ...}}: perplexity
+    mean ± sd over seeds (one-seed rows: ± the seeded runs' typical relative sd), passkey pooled over seeds and the
+    depths whose key lies farther back than Lc (at Lc: all of them, inside the window), with 95% intervals."""
+    rel = {}  # (the evaluation's lengths, length) -> the seeded runs' typical relative sd (root mean square)
+    for seeds in evals.values():
+        for L in seeds[0]["ppl"] if len(seeds) > 1 else ():
+            e = over_seeds([s["ppl"][L] for s in seeds])
+            rel.setdefault((tuple(seeds[0]["ppl"]), L), []).append(((e.high - e.low) / 2 / e.mean) ** 2)
+    rel = {k: math.sqrt(np.mean(v)) for k, v in rel.items()}
     out = {}
-    for name in names:
-        rows = [r for r in plots.read_log(os.path.join(runs_dir, name, "log.jsonl")) if "tok_s" in r]
-        out[name] = {"tok_s": float(np.median([r["tok_s"] for r in rows])), "mem_gib": max(r["mem_gib"] for r in rows)}
+    for name, seeds in evals.items():
+        fixed = name.startswith("base")  # one model, not trained here: no seed to vary
+        s = {"seeds": len(seeds), "ppl": {L: over_seeds([r["ppl"][L] for r in seeds],
+                                                        None if fixed else rel.get((tuple(seeds[0]["ppl"]), L)))
+                                          for L in seeds[0]["ppl"]},
+             "per_seed": {L: [r["ppl"][L] for r in seeds] for L in seeds[0]["ppl"]}}
+        if "passkey" in seeds[0]:
+            s["passkey"] = {}
+            for L in seeds[0]["passkey"]:
+                hits = trials = 0
+                for r in seeds:
+                    cells = r["passkey"][L]
+                    per_depth = -(-r["trials"] // len(cells))
+                    far = [d for d in cells if L <= Lc or r["distance"][L][d] > Lc]
+                    hits += sum(round(cells[d] * per_depth) for d in far)
+                    trials += per_depth * len(far)
+                s["passkey"][L] = wilson(hits, trials)
+        if name in mems:
+            s["mem_gib"] = over_seeds(mems[name])
+        out[name] = s
     return out
 
 
-def summary(ppl, keys, distance):
-    """{model: {"ppl": {L: ppl}, "beyond": {L: passkey accuracy on keys farther back than Lc}}}."""
-    out = {}
-    dist = {int(L): {float(d): v for d, v in cells.items()} for L, cells in distance.items()}
-    for name, r in ppl.items():
-        acc = {int(L): {float(d): a for d, a in cells.items()} for L, cells in keys[name].items()}
-        out[name] = {"ppl": {int(L): v["ppl"] for L, v in r["ppl"].items()},
-                     "beyond": {L: beyond(acc, dist, Lc, L) for L in acc}}
-    return out
+# ----------------------------------------------------------------------------- tables, checks, text
+def fmt(e, digits=2):
+    """mean ± sd; one seed: the mean alone, or ± the seeded runs' typical spread, marked *."""
+    if e is None:
+        return "–"
+    if e.n == 1 and not e.assumed:
+        return f"{e.mean:.{digits}f}"
+    return f"{e.mean:.{digits}f} ± {(e.high - e.low) / 2:.{digits}f}{'*' if e.assumed else ''}"
 
 
-def checks(s, costs):
-    """The paper's claims, each a row (claim, PASS/FAIL, the numbers), as they can be checked at this scale; a
-    claim about a model this run did not train (the quick run has no Full-length) is marked so."""
+def rate(e):
+    return "–" if e is None else f"{e.mean:.0%} [{e.low:.0%}, {e.high:.0%}]"
+
+
+def describe(name):
+    run = next(r for r in RUNS if r.name == name)
+    return {"plain": "plain (0 … 127)", "pose": "PoSE skip (N = 2)", "randpos": "RandPos", "full": "Full-length"}[
+        run.positions], run.scaling, f"{run.Lt // Lc}·Lc"
+
+
+def tables(s):
+    """Markdown: the perplexity table at 8·Lc, the passkey table, and the 64·Lc table."""
+    rows8 = [n for n in ["base"] + [r.name for r in RUNS if r.Lt == Lt] if n in s]
+    ppl = markdown(["run", "positions", "RoPE scaling", "seeds"] + [f"ppl @{L}" for L in (Lc, 2 * Lc, 4 * Lc, Lt)]
+                   + ["peak RSS GiB"],
+                   [[f"`{n}`", *(("–", "none", "–") if n == "base" else describe(n)[:2]), s[n]["seeds"]]
+                    + [fmt(s[n]["ppl"][L]) for L in (Lc, 2 * Lc, 4 * Lc, Lt)]
+                    + [fmt(s[n].get("mem_gib")) if "mem_gib" in s[n] else "–"] for n in rows8])
+    keys = markdown(["run", "trials per length", f"inside Lc @{Lc}"] + [f"beyond Lc @{L}" for L in (2 * Lc, 4 * Lc, Lt)],
+                    [[f"`{n}`", s[n]["passkey"][Lt].n] + [rate(s[n]["passkey"].get(L)) for L in (Lc, 2 * Lc, 4 * Lc, Lt)]
+                     for n in rows8 if "passkey" in s[n]])
+    long = [n for n in ("base64", POSE + "@64", POSE64, SCALED64) if n in s]
+    far = markdown(["run", "trained for", "seeds"] + [f"ppl @{L}" for L in (Lt, 2 * Lt, 4 * Lt, Lt64)],
+                   [[f"`{n.removesuffix('64').removesuffix('@')}`", "–" if n == "base64" else describe(
+                       n.removesuffix("@64"))[2], s[n]["seeds"]] + [fmt(s[n]["ppl"][L]) for L in (Lt, 2 * Lt, 4 * Lt, Lt64)]
+                    for n in long]) if long else ""
+    return ppl, keys, far
+
+
+def two_by_two(s):
+    """What each factor does, read off the numbers: the 2 × 2 at 8·Lc (and the 64× pair), as markdown + text."""
+    if not all(n in s for n in TWO_BY_TWO):
+        return ""
+    at = [Lc, Lt]
+    grid = markdown(["at 128 / 1024 tokens", "no RoPE scaling", HEADLINE],
+                    [["plain positions", " / ".join(fmt(s[PLAIN]["ppl"][L], 1) for L in at),
+                      " / ".join(fmt(s[SCALED]["ppl"][L], 1) for L in at)],
+                     ["PoSE skip", " / ".join(fmt(s[POSE_NONE]["ppl"][L], 1) for L in at),
+                      " / ".join(fmt(s[POSE]["ppl"][L], 1) for L in at)]])
+    lines = [f"- Interpolation alone ({SCALED} against {PLAIN}): at {Lt} tokens "
+             f"{compare(s[SCALED]['ppl'][Lt], s[PLAIN]['ppl'][Lt])}; at {Lc}, "
+             f"{compare(s[SCALED]['ppl'][Lc], s[PLAIN]['ppl'][Lc])}.",
+             f"- The skip alone ({POSE_NONE} against {PLAIN}): at {Lt} {compare(s[POSE_NONE]['ppl'][Lt], s[PLAIN]['ppl'][Lt])}"
+             f"; at {Lc}, {compare(s[POSE_NONE]['ppl'][Lc], s[PLAIN]['ppl'][Lc])}.",
+             f"- **The skip on top of interpolation** ({POSE} against {SCALED}): "
+             + "; ".join(f"at {L} {compare(s[POSE]['ppl'][L], s[SCALED]['ppl'][L])}" for L in (Lc, 2 * Lc, 4 * Lc, Lt))
+             + f". Passkey keys beyond Lc at {Lt}: {rate(s[POSE]['passkey'][Lt])} against "
+             f"{rate(s[SCALED]['passkey'][Lt])}; inside the window at {Lc}: {rate(s[POSE]['passkey'][Lc])} against "
+             f"{rate(s[SCALED]['passkey'][Lc])}."]
+    if POSE64 in s and SCALED64 in s:
+        lines.append(f"- **At 64·Lc** ({POSE64} against {SCALED64}, both s = 64): "
+                     + "; ".join(f"at {L} {compare(s[POSE64]['ppl'][L], s[SCALED64]['ppl'][L])}"
+                                 for L in (Lt, 2 * Lt, 4 * Lt, Lt64)) + ".")
+    return grid + "\n" + "\n".join(lines) + "\n"
+
+
+def checks(s):
+    """The paper's claims as rows (claim, verdict, the numbers), each judged with the spreads: 'no difference at
+    this size' where the two sides overlap. A claim about a model this run did not train is marked 'not run'."""
     p = {n: v["ppl"] for n, v in s.items()}
-    far = {n: v["beyond"][Lt] for n, v in s.items()}
-    at = f"8·Lc = {Lt}"
-    claims = [  # (claim, is it so?, the numbers), each evaluated only when its models exist
+    key = {n: v.get("passkey", {}) for n, v in s.items()}
+
+    def ratio(name, num, den):  # per-seed ratio of two lengths' perplexities
+        return over_seeds([a / b for a, b in zip(s[name]["per_seed"][num], s[name]["per_seed"][den])])
+
+    def long_vs_base(name):
+        return over_seeds([v / s["base64"]["per_seed"][Lt64][0] for v in s[name]["per_seed"][Lt64]])
+
+    claims = [
         ("No extension (the base) degrades past Lc: ppl at 8·Lc ≥ 1.5× its ppl at Lc",
-         lambda: p["base"][Lt] >= 1.5 * p["base"][Lc], lambda: f"{p['base'][Lt]:.1f} vs {p['base'][Lc]:.1f}"),
+         lambda: verdict(1.5, p["base"][Lt].mean / p["base"][Lc].mean),
+         lambda: f"{p['base'][Lt].mean:.1f} vs {p['base'][Lc].mean:.1f}"),
         ("Plain fine-tuning (Lc windows, no RoPE scaling) stays broken: ppl at 8·Lc ≥ 1.5× at Lc",
-         lambda: p["plain"][Lt] >= 1.5 * p["plain"][Lc], lambda: f"{p['plain'][Lt]:.1f} vs {p['plain'][Lc]:.1f}"),
-        ("PoSE at 8·Lc ≤ 1.05× Full-length", lambda: p["pose"][Lt] <= 1.05 * p["full"][Lt],
-         lambda: f"{p['pose'][Lt]:.2f} vs {p['full'][Lt]:.2f} ({p['pose'][Lt] / p['full'][Lt]:.3f}×)"),
-        ("PoSE uses the longer context: its ppl at 8·Lc ≤ at Lc", lambda: p["pose"][Lt] <= p["pose"][Lc],
-         lambda: f"{p['pose'][Lt]:.2f} vs {p['pose'][Lc]:.2f}"),
-        ("RandPos worse than PoSE at every length", lambda: all(p["randpos"][L] > p["pose"][L] for L in p["pose"]),
-         lambda: ", ".join(f"{L}: {p['randpos'][L]:.1f}/{p['pose'][L]:.1f}" for L in p["pose"])),
-        (f"Passkey: PoSE ≥ 90% at {at} on keys farther back than Lc", lambda: far["pose"] >= 0.9,
-         lambda: f"{far['pose']:.0%}" + (f" (Full-length {far['full']:.0%})" if "full" in far else "")),
-        ("Passkey: the base and plain fine-tuning ≤ 10% there", lambda: far["base"] <= 0.1 and far["plain"] <= 0.1,
-         lambda: f"base {far['base']:.0%}, plain {far['plain']:.0%}"),
-        ("PoSE trains with less memory than Full-length", lambda: costs["pose"]["mem_gib"] < costs["full"]["mem_gib"],
-         lambda: f"peak RSS {costs['pose']['mem_gib']:.2f} vs {costs['full']['mem_gib']:.2f} GiB (each its own "
-                 "process)"),
+         lambda: verdict(1.5, ratio(PLAIN, Lt, Lc)), lambda: f"{fmt(p[PLAIN][Lt], 1)} vs {fmt(p[PLAIN][Lc], 1)}"),
+        ("PoSE at 8·Lc ≤ 1.05× Full-length", lambda: verdict(p[POSE][Lt], p[FULL][Lt], 1.05),
+         lambda: f"{fmt(p[POSE][Lt])} vs {fmt(p[FULL][Lt])} ({p[POSE][Lt].mean / p[FULL][Lt].mean:.3f}×)"),
+        ("PoSE uses the longer context: its ppl at 8·Lc ≤ at Lc", lambda: verdict(ratio(POSE, Lt, Lc), 1.0),
+         lambda: f"{fmt(p[POSE][Lt])} vs {fmt(p[POSE][Lc])}"),
+        ("RandPos worse than PoSE at every length",
+         lambda: worst([verdict(p[POSE][L], p[RANDPOS][L]) for L in p[POSE]]),
+         lambda: ", ".join(f"{L}: {p[RANDPOS][L].mean:.1f}/{p[POSE][L].mean:.1f}" for L in p[POSE])),
+        (f"Passkey beyond Lc at 8·Lc = {Lt}: PoSE at least Full-length (95% intervals)",
+         lambda: verdict(key[FULL][Lt], key[POSE][Lt]), lambda: f"{rate(key[POSE][Lt])} vs {rate(key[FULL][Lt])}"),
+        ("Passkey beyond Lc there: the base and plain fine-tuning ≤ 10%",
+         lambda: worst([verdict(key["base"][Lt], 0.1), verdict(key[PLAIN][Lt], 0.1)]),
+         lambda: f"base {rate(key['base'][Lt])}, plain {rate(key[PLAIN][Lt])}"),
+        ("PoSE trains with less memory than Full-length", lambda: verdict(s[POSE]["mem_gib"], s[FULL]["mem_gib"]),
+         lambda: f"peak RSS {fmt(s[POSE]['mem_gib'])} vs {fmt(s[FULL]['mem_gib'])} GiB (each its own process)"),
+        (f"At 64·Lc: PoSE's ppl at {Lt64} ≤ 1.25× its own at {Lt}", lambda: verdict(ratio(POSE64, Lt64, Lt), 1.25),
+         lambda: f"{fmt(p[POSE64][Lt64])} vs {fmt(p[POSE64][Lt])} ({ratio(POSE64, Lt64, Lt).mean:.3f}×)"),
+        (f"At 64·Lc: PoSE's ppl at {Lt64} ≤ 0.6× the base's", lambda: verdict(long_vs_base(POSE64), 0.6),
+         lambda: f"{fmt(p[POSE64][Lt64])} vs {p['base64'][Lt64].mean:.2f} ({long_vs_base(POSE64).mean:.3f}×)"),
     ]
     rows = []
     for claim, ok, numbers in claims:
         try:
-            rows.append([claim, "PASS" if ok() else "FAIL", numbers()])
+            rows.append([claim, ok(), numbers()])
         except KeyError as missing:  # a model this run did not train
             rows.append([claim, "not run", f"no {missing.args[0]} model in this run"])
-    return markdown(["claim (paper)", "here", "measured"], rows)
+    return markdown(["claim (paper)", "here", "measured (mean ± sd over seeds; rates with 95% intervals)"], rows)
 
 
-def table(s, costs, lengths):
-    """One row per model: perplexity per length, passkey on keys farther than Lc per length, training costs."""
-    far = [L for L in lengths if L > Lc]
-    header = ([f"ppl @{L}" for L in lengths] + ["passkey beyond Lc @" + "/".join(map(str, far)),
-                                                 "train tok/s", "peak RSS GiB"])
-    rows = []
-    for name, v in s.items():
-        cells = [f"{v['ppl'][L]:.2f}" if v["ppl"][L] < 1e4 else f"{v['ppl'][L]:.1e}" for L in lengths]
-        cells.append(" / ".join(f"{v['beyond'][L]:.0%}" for L in far))
-        cost = costs.get(name)
-        cells += [f"{cost['tok_s']:,.0f}", f"{cost['mem_gib']:.2f}"] if cost else ["–", "–"]
-        rows.append([name] + cells)
-    return markdown(["model"] + header, rows)
+def worst(verdicts):
+    """FAIL if any fails, else 'no difference at this size' if any is, else PASS."""
+    return next((v for v in ("FAIL", "no difference at this size") if v in verdicts), "PASS")
 
 
 def write_readme(path, section):
     """Replace what lies between the README's result markers with `section`."""
     with open(path) as f:
         text = f.read()
-    start, end = (re.escape(m) for m in MARKS)
-    if not re.search(f"{start}.*{end}", text, flags=re.S):
+    start, end = text.find(MARKS[0]), text.find(MARKS[1])
+    if start < 0 or end < start:
         raise ValueError(f"{path}: no {MARKS[0]} ... {MARKS[1]} section to write the results into")
     with open(path, "w") as f:
-        f.write(re.sub(f"{start}.*{end}", lambda _: f"{MARKS[0]}\n{section}{MARKS[1]}", text, flags=re.S))
+        f.write(text[:start] + f"{MARKS[0]}\n{section}" + text[end:])
 
 
+# ----------------------------------------------------------------------------- figures
+def band(curves):
+    """(mean, (min, max)) of per-seed curves."""
+    a = np.array(curves)
+    return a.mean(0), (a.min(0), a.max(0))
+
+
+def figures(cfg, s, evals):
+    marks8, marks64 = {Lc: "L0 = Lc", Lt: "8·Lc"}, {Lc: "L0", Lt: "8·Lc", Lt64: "64·Lc"}
+    names8 = [n for n in ["base", PLAIN, POSE_NONE, SCALED, POSE, RANDPOS, FULL] if n in evals]
+    curves, bands = {}, {}
+    for n in names8:
+        curves[n], bands[n] = band([r["position"] for r in evals[n]])
+    windows = evals[names8[0]][0]["windows"]
+    plots.plot_position_loss(curves, os.path.join(cfg.plots, "position_loss.png"), marks8, smooth=Lc,
+                             bands={n: b for n, b in bands.items() if len(evals[n]) > 1},
+                             title=f"Loss at each position: {windows} windows of {Lt} tokens a model, bands min–max "
+                                   "over seeds")
+    plots.plot_perplexity({n: {L: e.mean for L, e in s[n]["ppl"].items()} for n in names8},
+                          os.path.join(cfg.plots, "ppl.png"), marks8, "Perplexity, sliding window (stride Lc)",
+                          spread={n: {L: (e.low, e.high) for L, e in s[n]["ppl"].items()} for n in names8})
+    keys = [n for n in names8 if "passkey" in s[n]]
+    plots.plot_passkey_beyond({n: {L: e.mean for L, e in s[n]["passkey"].items() if L > Lc} for n in keys},
+                              os.path.join(cfg.plots, "passkey.png"), Lc,
+                              {n: {L: (e.low, e.high) for L, e in s[n]["passkey"].items() if L > Lc} for n in keys},
+                              title=f"Passkey retrieval, keys farther back than Lc = {Lc} (95% intervals)")
+    long = [n for n in ("base64", POSE + "@64", POSE64, SCALED64) if n in evals]
+    if long:
+        curves, bands = {}, {}
+        for n in long:
+            curves[n.removesuffix("64").removesuffix("@") + (" (8×)" if n == POSE + "@64" else "")], b = band(
+                [r["position"] for r in evals[n]])
+            bands[list(curves)[-1]] = b
+        windows = evals[long[0]][0]["windows"]
+        plots.plot_position_loss(curves, os.path.join(cfg.plots, "position_loss_64x.png"), marks64, smooth=1024,
+                                 bands=bands, title=f"Loss at each position: {windows} windows of {Lt64} tokens a "
+                                                    "model, bands min–max over seeds")
+
+
+# ----------------------------------------------------------------------------- the whole comparison
 def main(cfg):
-    if cfg.quick:
-        cfg.steps, cfg.batch_size = cfg.quick_steps, cfg.quick_batch_size
-        cfg.eval_tokens, cfg.passkey_trials = cfg.quick_eval_tokens, cfg.quick_passkey_trials
-    runs = {n: o for n, o in RUNS.items() if n in QUICK or not cfg.quick}
     t0 = time.time()
-    if not os.path.exists("data/tok/web-bpe4k/train.bin"):
-        run([sys.executable, "prepare.py"])
-    if cfg.pretrain or not os.path.exists(os.path.join(cfg.base, "model.safetensors")):
-        make_base(cfg)
-    for name, overrides in runs.items():
-        args = {"init_from": cfg.base, "max_steps": cfg.steps, "batch_size": cfg.batch_size,
-                "out_dir": os.path.join(cfg.runs_dir, name), "eval_interval": 0, "ckpt_interval": 0} | overrides
-        shutil.rmtree(args["out_dir"], ignore_errors=True)
-        run([sys.executable, "train.py", "configs/tiny_pose.toml", *(f"--{k}={v}" for k, v in args.items())])
+    if cfg.quick:
+        cfg.steps, cfg.seeds = cfg.quick_steps, 1
+        cfg.eval_tokens, cfg.passkey_trials = cfg.quick_eval_tokens, cfg.quick_passkey_trials
+    runs_dir = cfg.runs_dir or os.path.join("out", "repro_quick" if cfg.quick else "repro")
+    runs = [r for r in RUNS if r.name in TWO_BY_TWO or not cfg.quick]
+    seeds = [1337 + i for i in range(cfg.seeds)]
+    plan = [(r, seed, os.path.join(runs_dir, r.name, f"seed{seed}")) for r in runs for seed in (seeds if r.seeded
+                                                                                               else seeds[:1])]
+    jobs = Jobs(cfg.workers)
+    if not os.path.exists(os.path.join(HERE, "data", "tok", "web-bpe4k", "train.bin")):
+        jobs.run([("prepare", [sys.executable, "prepare.py"], os.path.join("data", "prepare.log"))])
+    if cfg.pretrain:
+        make_base(cfg, jobs)
+    train_jobs = training_jobs(cfg, plan)  # every run folder checked before anything runs
+    retrained = {os.path.dirname(log) for _, _, log in train_jobs}
+    print(f"reproduce.py: {len(plan)} runs in {runs_dir}, {len(train_jobs)} to train, {cfg.workers} at a time")
+    jobs.run(train_jobs)
     t_train = time.time() - t0
-    models = {"base": cfg.base} | {name: os.path.join(cfg.runs_dir, name, "final") for name in runs}
-    lengths = [Lc * k for k in (1, 2, 4, 8)]
-    ecfg = EvalConfig(models=",".join(f"{n}={p}" for n, p in models.items()), lengths=",".join(map(str, lengths)),
-                        stride=Lc, max_tokens=cfg.eval_tokens, passkey_trials=cfg.passkey_trials, position_len=Lt,
-                        out=cfg.out, plots=cfg.plots)
-    ppl, keys = evaluate_models(ecfg)
-    distance = json.load(open(os.path.join(cfg.out, "passkey.json")))["distance"]
-    s, costs = summary(ppl, keys, distance), step_costs(cfg.runs_dir, runs)
-    results, claims = table(s, costs, lengths), checks(s, costs)
+
+    models = [("base", cfg.base, "8x", os.path.join(runs_dir, "base", "eval_8x"))]
+    models += [(f"{r.name} seed {seed}", os.path.join(d, "final"), "8x", os.path.join(d, "eval_8x"))
+               for r, seed, d in plan if r.Lt == Lt]
+    if not cfg.quick:
+        models += [("base", cfg.base, "64x", os.path.join(runs_dir, "base", "eval_64x"))]
+        models += [(f"{r.name} seed {seed}", os.path.join(d, "final"), "64x", os.path.join(d, "eval_64x"))
+                   for r, seed, d in plan if r.name in (POSE64, SCALED64) or (r.name == POSE and seed == seeds[0])]
+    jobs.run(sorted(evaluation_jobs(cfg, models, retrained), key=lambda j: "64x" not in j[0]))
+
+    evals, mems = {}, {}
+    for label, _, kind, out in models:
+        name = label.split(" ")[0]
+        key = name if kind == "8x" else ("base64" if name == "base" else name + "@64" if name == POSE else name)
+        evals.setdefault(key, []).append(read_eval(out))
+    for r, seed, d in plan:
+        mems.setdefault(r.name, []).append(max(x["mem_gib"] for x in plots.read_log(os.path.join(d, "log.jsonl"))
+                                               if "mem_gib" in x))
+    s = summarize(evals, mems)
+    ppl_table, key_table, long_table = tables(s)
+    claims, reading = checks(s), two_by_two(s)
     minutes = (time.time() - t0) / 60
-    note = (f"{cfg.steps} steps × {cfg.batch_size} rows for every run, Lc = {Lc} → Lt = {Lt}; perplexity with the "
-            f"paper's sliding window (stride Lc = {Lc}: every scored token has at least ctx − {Lc} tokens before it) "
-            f"on the first {cfg.eval_tokens} tokens of each held-out book; passkey {cfg.passkey_trials} trials per "
-            f"(length, depth), greedy, counted on keys farther back than Lc; `python reproduce.py"
-            f"{' --quick=true' if cfg.quick else ''}`, {minutes:.1f} min on this machine ({t_train / 60:.1f} of "
-            "them training).")
+    os.makedirs(cfg.out, exist_ok=True)
+    with open(os.path.join(cfg.out, "summary.json"), "w") as f:
+        json.dump({"command": "python reproduce.py" + " --quick=true" * cfg.quick, "minutes": minutes,
+                   "training_minutes": t_train / 60, "config": asdict(cfg), "seeds": seeds,
+                   "eval": {k: eval_args(cfg, k) for k in ("8x", "64x")},
+                   "models": {n: {"seeds": v["seeds"], "ppl": {L: asdict(e) for L, e in v["ppl"].items()},
+                                  "ppl_per_seed": v["per_seed"],
+                                  "passkey": {L: asdict(e) for L, e in v.get("passkey", {}).items()},
+                                  "mem_gib": asdict(v["mem_gib"]) if "mem_gib" in v else None}
+                              for n, v in s.items()},
+                   "disagreements": {n: [r.get("disagreements") for r in v] for n, v in evals.items()}}, f, indent=1)
+    note = notes(cfg, minutes, t_train, evals)
     with open(os.path.join(cfg.out, "table.md"), "w") as f:
-        f.write(note + "\n\n" + results)
+        f.write("\n\n".join([note, ppl_table, key_table, reading, long_table]))
     with open(os.path.join(cfg.out, "checks.md"), "w") as f:
         f.write(claims)
-    with open(os.path.join(cfg.out, "costs.json"), "w") as f:
-        json.dump(costs, f, indent=1)
-    plots.plot_passkey_beyond({n: v["beyond"] for n, v in s.items()}, os.path.join(cfg.plots, "passkey.png"), Lc)
-    plots.plot_training({name: plots.read_log(os.path.join(cfg.runs_dir, name, "log.jsonl")) for name in runs},
-                        os.path.join(cfg.plots, "training.png"))
+    os.makedirs(cfg.plots, exist_ok=True)
+    figures(cfg, s, evals)
     write_readme(cfg.readme, "\n".join([
-        note, "", "![loss at every position](plots/position_loss.png)", "", results,
+        note, "", "![loss at every position](plots/position_loss.png)", "", ppl_table,
+        "Passkey retrieval, teacher-forced, pooled over seeds, with 95% intervals:", "", key_table,
         "![passkey beyond Lc](plots/passkey.png) ![perplexity](plots/ppl.png)", "",
+        "**What each part of PoSE does** (mean ± sd over seeds; a difference inside the spreads is "
+        "\"no difference at this size\"):", "", reading,
+        *([f"**How far it reaches: the paper's 64× in miniature.** Perplexity with a sliding window of stride 1024 on "
+            f"the first {cfg.long_tokens} tokens of each held-out book: 1024 is the paper's own stride in tokens; "
+            "relative to the window it is coarser than the paper's (Lc / 2 there), which a CPU cannot afford at "
+            "8192, and every token scored after a book's first window still has at least L − 1024 tokens before "
+            "it (7/8 of the window at 8192). The figure's curves are the loss at each position over the full "
+            f"{Lt64}-token windows of that pass.", "",
+           long_table, "![loss at every position to 8192](plots/position_loss_64x.png)", ""] if long_table else []),
         "The paper's claims, checked against these numbers (`results/checks.md`):", "", claims]))
-    print(results)
-    print(claims)
-    print(f"reproduce.py: {(time.time() - t0) / 60:.1f} min")
+    print("\n\n".join([ppl_table, key_table, reading, long_table, claims]))
+    print(f"reproduce.py: {minutes:.1f} min")
+
+
+def notes(cfg, minutes, t_train, evals):
+    seeds = f"{cfg.seeds} seeds (1337…{1336 + cfg.seeds}) for the 2 × 2 and the 64× runs, one for the other rows" \
+        if cfg.seeds > 1 else "one seed (1337) for every run: spreads marked * are not measured"
+    return (f"{cfg.steps} steps × {cfg.batch_size} rows of 128-token windows for every run (Full-length: "
+            f"{Lt}-token windows), {seeds}; ± is the sd over seeds (* a one-seed row: the seeded runs' typical "
+            f"relative sd). Perplexity: the paper's sliding window, stride Lc = {Lc}, on the first {cfg.eval_tokens} "
+            f"tokens of each of the 5 held-out books (after a book's first window every scored token has at least "
+            f"ctx − {Lc} tokens before it); loss at every position: the mean over those {Lt}-token windows. Passkey: "
+            f"{cfg.passkey_trials} trials per length and seed, teacher-forced, on keys farther back than Lc (at Lc, "
+            f"inside the window). `python reproduce.py{' --quick=true' if cfg.quick else ''}`, {minutes:.1f} min on "
+            f"this machine ({t_train / 60:.1f} of them training).")
 
 
 if __name__ == "__main__":
-    main(parse_config(ReproConfig, sys.argv[1:], __doc__))
+    cfg = parse_config(ReproConfig, sys.argv[1:], __doc__)
+    try:
+        main(cfg)
+    except (ValueError, OSError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: finished runs and evaluations are kept; python reproduce.py continues from them")

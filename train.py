@@ -27,8 +27,8 @@ import torch.nn as nn
 
 import pose
 from checkpoint import (claim_run_folder, from_pretrained, latest_checkpoint, load_tensors, open_log, raw_model,
-                        save_checkpoint, save_model)
-from config import in_range, non_negative, one_of, parse_config, positive
+                        save_checkpoint, save_model, weights_finite)
+from config import heads, in_range, non_negative, one_of, parse_config, positive
 from eval import perplexity
 from lora import add_lora
 from model import ROPE_TYPES, LLaMA, ModelConfig
@@ -101,7 +101,8 @@ class TrainConfig:
     out_dir: str = "out/run"    # checkpoints, log.jsonl and final/ (a Hugging Face folder)
     log_interval: int = 10      # steps between log lines
     eval_interval: int = 100    # steps between evaluations; 0: only at the end
-    eval_docs: int = 8          # evaluation (perplexity at Lc and Lt, stride Lc) reads this many held-out documents
+    eval_docs: int = 8          # evaluation (perplexity at Lc and Lt, stride Lc) reads this many held-out documents;
+                                # 0: none (eval.py evaluates the saved model)
     eval_tokens: int = 4096     # ... each cut to its first max(eval_tokens, Lt + 1) tokens
     ckpt_interval: int = 100    # steps between checkpoints; 0: only at the end
     keep_checkpoints: int = 1   # how many checkpoints to keep
@@ -110,12 +111,10 @@ class TrainConfig:
         """A ValueError naming the first option that cannot work (parse_config and train() call it)."""
         one_of(self, "start", ("doc", "random"))
         positive(self, "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "batch_size", "grad_accum",
-                 "max_steps", "log_interval", "eval_docs", "keep_checkpoints")
-        if self.n_heads % self.n_kv_heads or self.dim % self.n_heads or self.dim // self.n_heads % 2:
-            raise ValueError(f"--n_heads={self.n_heads} --n_kv_heads={self.n_kv_heads} --dim={self.dim}: expected "
-                             "n_kv_heads dividing n_heads, and dim a multiple of n_heads with an even quotient")
-        non_negative(self, "L0", "rope_factor", "warmup_steps", "lr", "weight_decay", "grad_clip", "lora_rank",
-                     "eval_interval", "eval_tokens", "ckpt_interval", "seed")
+                 "max_steps", "log_interval", "keep_checkpoints")
+        heads(self)
+        non_negative(self, "L0", "rope_factor", "warmup_steps", "weight_decay", "grad_clip", "lora_rank",
+                     "eval_interval", "eval_docs", "eval_tokens", "ckpt_interval", "seed")
         if self.Lc < 2:  # a window of T tokens trains on T - 1 next-token targets
             raise ValueError(f"--Lc={self.Lc}: expected 2 or more")
         pose.check(self.Lc, self.Lt, self.method, self.num_chunks, self.text)
@@ -130,6 +129,7 @@ class TrainConfig:
             raise ValueError(f"--yarn_beta_fast={self.yarn_beta_fast} --yarn_beta_slow={self.yarn_beta_slow}: expected "
                              "0 < yarn_beta_slow < yarn_beta_fast")
         in_range(self, "rope_theta", 1e-9, math.inf, "a positive base")
+        in_range(self, "lr", 0, 1, "a rate in [0, 1] (AdamW moves each weight by up to about lr a step)")
         in_range(self, "min_lr", 0, self.lr, f"a rate in [0, lr={self.lr}]")
         one_of(self, "decay", ("linear", "cosine"))
         in_range(self, "beta1", 0, 0.999999, "a number in [0, 1)")
@@ -215,6 +215,8 @@ def load_model(cfg, resume=None, state=None, tok=None):
         model = from_pretrained(resume)
     else:
         model = build_model(cfg, state)
+    if not weights_finite(model):
+        raise ValueError(f"{resume or cfg.init_from}: its weights are not all finite")
     if tok is not None:
         check_tokenizer(model, cfg, tok, resume or (state["base_from"] if state else cfg.init_from))
     model.gradient_checkpointing = cfg.grad_checkpointing
@@ -259,7 +261,10 @@ def init_distributed(device):
 
 
 def evaluate(model, docs, cfg, bos_id, ctx, device):
-    """{L: mean next-token loss} at L = Lc and Lt, by eval.py's perplexity() (sliding window, stride Lc)."""
+    """{L: mean next-token loss} at L = Lc and Lt, by eval.py's perplexity() (sliding window, stride Lc); {} without
+    documents."""
+    if not docs:
+        return {}
     model.eval()
     with ctx:
         out = {L: perplexity(model, docs, L, bos_id=bos_id, stride=cfg.Lc, device=device)["nll"]
@@ -294,6 +299,10 @@ def find_resume(cfg):
     if latest is None:
         raise ValueError(f"--init_from=resume: {cfg.out_dir} has no checkpoint")
     state = load_tensors(os.path.join(latest, "train_state.pt"))
+    missing = sorted({"step", "config", "base_from", "trained", "optimizer", "scaler", "rng", "torch_rng"}
+                     - set(state if isinstance(state, dict) else ()))
+    if missing:
+        raise ValueError(f"{latest}/train_state.pt: not a train.py checkpoint's state (no {', '.join(missing)})")
     for key in RUN_SHAPE:
         if key in state["config"] and state["config"][key] != getattr(cfg, key):
             raise ValueError(f"--{key}={getattr(cfg, key)} differs from the run being resumed ({key} = "
@@ -390,7 +399,7 @@ def stop_if_diverged(loss, grad_norm, scaler, step, out_dir):
     if not torch.isfinite(loss) or not (scaler.is_enabled() or math.isfinite(grad_norm.item())):
         raise FloatingPointError(f"loss {loss.item():.4g}, gradient norm {grad_norm.item():.4g} at step {step}; "
                                  f"stopped, the last good checkpoint is "
-                                 f"{latest_checkpoint(out_dir) or 'none (none was written before)'}")
+                                 f"{latest_checkpoint(out_dir) or 'none (no checkpoint was written before)'}")
 
 
 class Interrupted(Exception):
@@ -456,8 +465,9 @@ class Log:
         self.t0, self.step0 = time.time(), step
 
     def eval(self, step, losses):
-        self.write({"step": step, "eval": losses},
-                   f"step {step}: eval loss " + ", ".join(f"@{L}: {v:.4f}" for L, v in losses.items()))
+        if losses:
+            self.write({"step": step, "eval": losses},
+                       f"step {step}: eval loss " + ", ".join(f"@{L}: {v:.4f}" for L, v in losses.items()))
 
 
 def on_ctrl_c(signum, frame):

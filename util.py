@@ -28,6 +28,8 @@ def check_device(device):
         raise ValueError(f"--device={device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if d.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"--device={device}: expected {DEVICES}")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device={device}: this machine has no MPS device")
 
 
 def proc_status(key):

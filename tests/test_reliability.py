@@ -1,5 +1,6 @@
 """Reliability: SIGKILL-safe resume, NaN stops, one clear line per bad input, and nothing loaded can run code."""
 import json
+import math
 import os
 import random
 import re
@@ -182,6 +183,28 @@ def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(ws, tmp_pa
     assert not (tmp_path / "ckpt_0000004").exists() and not (tmp_path / "final").exists()
 
 
+@pytest.mark.parametrize("ckpt_interval,good", [(2, "ckpt_0000002"), (0, None)])
+def test_weights_an_overflowing_lr_made_nan_are_never_saved(ws, tmp_path, monkeypatch, ckpt_interval, good):
+    """An lr of 1e30 at step 3 (past what --lr accepts: as a schedule's bug would give it) without gradient clipping:
+    step 4's loss is finite (RMSNorm turns the overflowed activations into zeros) and its NaN gradients go unmeasured,
+    so the weights check is what keeps the NaN weights out of checkpoint 4 and final/."""
+    real = train.get_lr
+    monkeypatch.setattr(train, "get_lr", lambda step, cfg: 1e30 if step == 2 else real(step, cfg))
+    named = re.escape(str(tmp_path / good)) if good else r"none \(no checkpoint was written before\)"
+    with pytest.raises(FloatingPointError, match=r"^the weights are not finite after step 4: nothing saved; the last "
+                                                 f"good checkpoint is {named}$"):
+        train.train(tiny_cfg(ws, tmp_path, grad_clip=0.0, ckpt_interval=ckpt_interval, max_steps=4 + 2 * bool(good),
+                             eval_docs=0))
+    losses = [r["loss"] for r in map(json.loads, open(tmp_path / "log.jsonl")) if "loss" in r]
+    assert len(losses) == 4 and all(map(math.isfinite, losses)), losses
+    assert sorted(d for d in os.listdir(tmp_path) if "ckpt_" in d) == ([good] if good else [])
+    assert not (tmp_path / "final").exists()
+    if good:
+        assert latest_checkpoint(tmp_path) == str(tmp_path / good)
+        weights = load_file(tmp_path / good / "model.safetensors").values()
+        assert all(w.isfinite().all() and w.abs().max() < 10 for w in weights)  # from before the overflow
+
+
 # ----------------------------------------------------------------------------- one clear line per bad input
 # id: (script and arguments, the last line of stderr as a regular expression, a path where no file may change)
 # {ws}: the fixture's folder, {run}: a fresh out_dir for this case
@@ -278,9 +301,9 @@ def nan_at_step_3(monkeypatch):
     monkeypatch.setattr(LLaMA, "forward", forward)
 
 
-def run_main(argv, capfd, monkeypatch):
-    """`python SCRIPT ARGS...` run in this process (no second torch import): (exit status, stderr). Any exception
-    but SystemExit propagates, so a traceback fails the test."""
+def run_main(argv, capfd, monkeypatch, stdout=False):
+    """`python SCRIPT ARGS...` run in this process (no second torch import): (exit status, stderr), and stdout too if
+    asked. Any exception but SystemExit propagates, so a traceback fails the test."""
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", argv)
     capfd.readouterr()
@@ -289,10 +312,10 @@ def run_main(argv, capfd, monkeypatch):
         code = 0
     except SystemExit as e:
         code = e.code
-    err = capfd.readouterr().err
+    out, err = capfd.readouterr()
     if isinstance(code, str):  # what the interpreter does with sys.exit("message")
         err, code = err + code + "\n", 1
-    return code, err
+    return (code, err, out) if stdout else (code, err)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -327,6 +350,105 @@ def test_evaluating_beyond_lt_without_scaling_warns_then_runs(ws, tmp_path):
     assert ("UserWarning: lengths beyond the model's max_seq_len=32 (RoPE scaling: None) are extrapolation; "
             "evaluating them anyway") in r.stderr
     assert set(json.loads((tmp_path / "ppl.json").read_text())["models"]["good"]["ppl"]) == {"32", "64"}
+
+
+# ----------------------------------------------------------------------------- a run owns its folder; Ctrl-C
+def train_argv(ws, out, *more):
+    return ["train.py", f"--data_dir={ws / 'tok'}", f"--out_dir={out}", *TINY, "--ckpt_interval=1", "--eval_docs=0",
+            *more]
+
+
+def test_nothing_is_written_through_a_symbolic_link(ws, tmp_path, capfd, monkeypatch):
+    """Links planted where a run writes -- log.jsonl, .lock, a checkpoint's name and its temporary's, final/ -- lead
+    out of out_dir: each is refused or replaced by the run's own file, and nothing outside is written."""
+    outside, out = tmp_path / "outside", tmp_path / "run"
+    outside.mkdir()
+    (outside / "file").write_text("not the run's\n")
+    train.train(tiny_cfg(ws, out, max_steps=2, eval_docs=0))
+    before = listing(outside)
+    for name, message in [("log.jsonl", f"{out}/log.jsonl is a symbolic link: a run writes only into its own files"),
+                          (".lock", f"[Errno 40] Too many levels of symbolic links: '{out}/.lock'")]:
+        os.rename(out / name, tmp_path / name)
+        (out / name).symlink_to(outside / "file")
+        code, err = run_main(train_argv(ws, out, "--init_from=resume", "--max_steps=4"), capfd, monkeypatch)
+        assert code == 1 and err.strip().splitlines()[-1] == f"error: {message}", err
+        os.remove(out / name)
+        os.rename(tmp_path / name, out / name)
+    shutil.rmtree(out / "final")
+    for name, target in [("final", outside), ("ckpt_0000003", outside), ("ckpt_0000004", outside / "file"),
+                         (".ckpt_0000003.x1y2z3", outside)]:
+        (out / name).symlink_to(target)
+    code, err = run_main(train_argv(ws, out, "--init_from=resume", "--max_steps=4"), capfd, monkeypatch)
+    assert code == 0, err
+    assert listing(outside) == before
+    assert not [p for p in os.listdir(out) if os.path.islink(out / p)]
+    assert sorted(p for p in os.listdir(out) if "ckpt_" in p) == ["ckpt_0000004"]
+    from_pretrained(out / "final")
+    from_pretrained(out / "ckpt_0000004")
+
+
+def test_a_second_run_on_a_busy_out_dir_is_refused_naming_the_first(ws, tmp_path, capfd, monkeypatch):
+    """While one process trains into out_dir (paused, so that the second surely finds it there), a second one that
+    resumes into the same folder is refused with the first's pid; the first then finishes as if alone."""
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, *train_argv(ws, out, "--max_steps=20")], cwd=ROOT, env=ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in first.stdout:  # step 1 is logged just before its checkpoint is written
+            if line.startswith("step 1/"):
+                break
+        first.send_signal(signal.SIGSTOP)
+        while latest_checkpoint(out) is None and first.poll() is None:  # on, a little at a time, to its checkpoint
+            first.send_signal(signal.SIGCONT)
+            time.sleep(0.005)
+            first.send_signal(signal.SIGSTOP)
+        code, err = run_main(train_argv(ws, out, "--init_from=resume", "--max_steps=4"), capfd, monkeypatch)
+    finally:
+        first.send_signal(signal.SIGCONT)
+        rest, first_err = first.communicate(timeout=120)
+    assert code == 1 and err.strip().splitlines()[-1] == (f"error: {out} is in use by another run (pid {first.pid}); "
+                                                          "wait for it, or choose another out_dir"), err
+    assert first.returncode == 0, first_err[-2000:]
+    assert f"saved {out}/final" in rest
+    from_pretrained(out / "final")
+
+
+def test_resuming_with_another_Lt_is_refused_and_with_the_same_continues(ws, tmp_path, capfd, monkeypatch):
+    train.train(tiny_cfg(ws, tmp_path, max_steps=2, eval_docs=0))
+    before = listing(tmp_path)
+    code, err = run_main(train_argv(ws, tmp_path, "--init_from=resume", "--max_steps=3", "--Lt=256"), capfd,
+                         monkeypatch)
+    assert code == 1 and err.strip().splitlines()[-1] == (
+        f"error: --Lt=256 differs from the run being resumed (Lt = 128 in {tmp_path}/ckpt_0000002): resume with its "
+        "settings, or start another out_dir"), err
+    assert listing(tmp_path) == before
+    code, err = run_main(train_argv(ws, tmp_path, "--init_from=resume", "--max_steps=3"), capfd, monkeypatch)
+    assert code == 0, err
+    assert latest_checkpoint(tmp_path) == str(tmp_path / "ckpt_0000003")
+
+
+def test_ctrl_c_checkpoints_its_step_and_says_how_to_resume(ws, tmp_path, capfd, monkeypatch):
+    """SIGINT to a real `python train.py` mid-run: exit status 130, one last line naming the step and how to go on,
+    a finite checkpoint of that step (none was due: ckpt_interval=0), and resuming from it finishes the run."""
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, *train_argv(ws, out, "--max_steps=1000", "--ckpt_interval=0")], cwd=ROOT,
+                         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:
+        if line.startswith("step 3/"):
+            break
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
+    last = re.fullmatch(rf"interrupted at step (\d+); --init_from=resume continues from {re.escape(str(out))}",
+                        err.strip().splitlines()[-1])
+    assert last and int(last[1]) >= 3, err[-2000:]
+    step = int(last[1])
+    assert latest_checkpoint(out) == str(out / f"ckpt_{step:07d}") and not (out / "final").exists()
+    assert load_tensors(out / f"ckpt_{step:07d}" / "train_state.pt")["step"] == step
+    assert all(w.isfinite().all() for w in load_file(out / f"ckpt_{step:07d}" / "model.safetensors").values())
+    code, err = run_main(train_argv(ws, out, "--init_from=resume", f"--max_steps={step + 2}"), capfd, monkeypatch)
+    assert code == 0, err
+    from_pretrained(out / "final")
 
 
 # ----------------------------------------------------------------------------- nothing unsafe loaded
