@@ -15,25 +15,19 @@ from it, and plots/memory_time.png.
 """
 import json
 import os
-import platform
 import statistics
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
-from multiprocessing import get_context
 
 import numpy as np
 import torch
 
-from config import parse_config, writable
+from config import int_list, parse_config, writable
+from measure import GiB, check_shared, header, in_fresh_process, machine, paired_median, setup, timed
 from prepare import TokenDataset
 from train import TrainConfig, get_batch, load_model
-from util import check_device, markdown, memory_now, memory_peak, pick_device
-
-GiB = 2**30
-
+from util import markdown, memory_now, memory_peak
 
 @dataclass
 class BenchConfig:
@@ -51,82 +45,8 @@ class BenchConfig:
     def check(self):
         """A ValueError naming the first option that cannot work."""
         check_shared(self, positive=("Lc", "batch"))
-        positive_ints("factors", self.factors)
+        int_list("factors", self.factors)
         writable(self, "out", "plots")
-
-
-# ----------------------------------------------------------------------------- shared with bench_engineering.py
-def check_shared(cfg, positive=()):
-    """A ValueError naming the first bad one of the options both benchmarks have, or of `positive` (ints > 0)."""
-    check_device(cfg.device)
-    for name, least in [(n, 1) for n in ("reps", *positive)] + [("warmup", 0), ("threads", 0)]:
-        if getattr(cfg, name) < least:
-            raise ValueError(f"--{name}={getattr(cfg, name)}: expected {least} or more")
-
-
-def positive_ints(name, s):
-    """The comma-separated integers of option `name`, or a ValueError naming it unless each is above 0."""
-    values = [int(v) for v in s.split(",") if v.strip().isdigit()]
-    if len(values) != len(s.split(",")) or min(values, default=0) < 1:
-        raise ValueError(f"--{name}={s}: expected positive integers separated by commas")
-    return values
-
-
-def setup(cfg):
-    """The device to run on, with torch's CPU threads set first."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    return pick_device(cfg.device)
-
-
-def timed(fn, device):
-    """(wall seconds, process CPU seconds, fn()). CPU time barely moves when other programs share the cores, so its
-    ratios cross-check the wall-clock ones on a busy machine (it counts every thread, spin-waits included)."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda device: None  # a GPU runs behind Python
-    sync(device)
-    t0, c0 = time.perf_counter(), time.process_time()
-    out = fn()
-    sync(device)
-    return time.perf_counter() - t0, time.process_time() - c0, out
-
-
-def paired_median(num, den):
-    """The median of num[i] / den[i]: each pair ran back to back, so slow drifts in machine load cancel."""
-    return statistics.median(n / d for n, d in zip(num, den))
-
-
-def in_fresh_process(fn, *args):
-    """fn(*args) in a new Python process, so that the peak memory it reports is its own alone.
-
-    The process's glibc malloc gets a fixed mmap threshold: every block over 64 KiB is mapped when allocated and
-    unmapped when freed, so the resident set follows the live tensors (by default the threshold climbs to 32 MiB
-    and freed blocks linger in the heap, which adds noise of the size of the activations being measured)."""
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)  # read when the new process starts; this one is not affected
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
-
-
-def machine(device):
-    """What measured a result: the processor, torch (and transformers where a benchmark imported it), the load."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):  # not Linux
-        cpu = platform.processor()
-    m = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-         "transformers": getattr(sys.modules.get("transformers"), "__version__", None), "device": device,
-         "load_avg_1min": os.getloadavg()[0]}
-    return m | ({"gpu": torch.cuda.get_device_name(device)} if device.startswith("cuda") else {})
-
-
-def header(p):
-    """One sentence on how a part was measured: its command, machine and repetitions."""
-    m, o = p["machine"], p["options"]
-    return (f"Measured by `{p['command']}` on {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
-            f"({m['torch_threads']} threads)" + (f", transformers {m['transformers']}" if m["transformers"] else "")
-            + f", device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else "")
-            + f"; 1-minute load average {m['load_avg_1min']:.1f}; median of {o['reps']} interleaved repetitions "
-            f"after {o['warmup']} warm-up.")
 
 
 # ----------------------------------------------------------------------------- one training step, PoSE vs Full
@@ -184,7 +104,7 @@ def train_step_times(bc, Lt, device):
 def bench_pose_vs_full(bc, device):
     out = {"pose": {}, "full": {}}
     print(f"one training step, batch {bc.batch}, Lc = {bc.Lc}: memory in a fresh process per point, time here")
-    for Lt in (f * bc.Lc for f in positive_ints("factors", bc.factors)):
+    for Lt in (f * bc.Lc for f in int_list("factors", bc.factors)):
         wall, cpu = train_step_times(bc, Lt, device)
         for m in ("pose", "full"):
             r = out[m][str(Lt)] = in_fresh_process(train_step_memory, asdict(bc), m, Lt)

@@ -47,9 +47,9 @@ from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 import model
 import pose
-from bench import GiB, check_shared, header, in_fresh_process, machine, paired_median, positive_ints, setup, timed
 from checkpoint import save_pretrained
-from config import heads, in_range, parse_config, writable
+from config import heads, in_range, int_list, parse_config, writable
+from measure import GiB, check_shared, header, in_fresh_process, machine, paired_median, setup, timed
 from model import LLaMA, ModelConfig
 from train import TrainConfig, load_model
 from util import markdown, memory_now, memory_peak
@@ -96,7 +96,7 @@ class EngineeringConfig:
         if unknown:
             raise ValueError(f"--parts={self.parts}: unknown {', '.join(unknown)}; expected some of {', '.join(PARTS)}")
         if self.lengths:
-            positive_ints("lengths", self.lengths)
+            int_list("lengths", self.lengths)
         if self.gpu_shape not in ("", *GPU_SHAPES):
             raise ValueError(f"--gpu_shape={self.gpu_shape}: expected {' or '.join(GPU_SHAPES)} (or empty)")
         heads(self)
@@ -128,7 +128,7 @@ def train_flops(cfg, params, tokens, T):
 
 def bench_vs_transformers(ec, device):
     import transformers  # a test requirement only: the other parts run without it
-    lengths = positive_ints("lengths", ec.lengths or ("256,1024,4096" if device.startswith("cuda") else "256,1024"))
+    lengths = int_list("lengths", ec.lengths or ("256,1024,4096" if device.startswith("cuda") else "256,1024"))
     torch.manual_seed(0)
     cfg = ModelConfig(dim=ec.dim, n_layers=ec.n_layers, n_heads=ec.n_heads, n_kv_heads=ec.n_kv_heads,
                       vocab_size=ec.vocab_size, max_seq_len=max(lengths))

@@ -131,14 +131,14 @@ def one_of(cfg, name, choices):
         raise _bad(name, getattr(cfg, name), "one of " + ", ".join(map(str, choices)))
 
 
-def int_list(cfg, name, lo=1):
-    """A comma-separated list of integers >= lo (lengths, factors); the list."""
+def int_list(name, value, lo=1):
+    """The integers of a comma-separated option (lengths, factors), or a ValueError naming it unless each is >= lo."""
     try:
-        values = [int(x) for x in getattr(cfg, name).split(",")]
+        values = [int(x) for x in value.split(",")]
     except ValueError:
         values = []
     if not values or min(values) < lo:
-        raise _bad(name, getattr(cfg, name), f"comma-separated integers >= {lo}")
+        raise _bad(name, value, f"comma-separated integers >= {lo}")
     return values
 
 

@@ -71,7 +71,7 @@ class EvalConfig:
         """A ValueError naming the first option that cannot work (parse_config calls it before anything is read)."""
         if not self.models or len({n for n, _ in model_specs(self.models)}) != len(self.models.split(",")):
             raise ValueError(f"--models={self.models}: expected comma-separated folders, each name used once")
-        lengths = int_list(self, "lengths", lo=2)
+        lengths = int_list("lengths", self.lengths, lo=2)
         if self.stride < 0 or self.stride > min(lengths):
             raise ValueError(f"--stride={self.stride}: expected 0 (= each window) up to the shortest length "
                              f"{min(lengths)}")
@@ -80,7 +80,7 @@ class EvalConfig:
         if self.position_len and self.position_len not in lengths:
             raise ValueError(f"--position_len={self.position_len}: expected 0 or one of the lengths {self.lengths}")
         if self.passkey_lengths:
-            int_list(self, "passkey_lengths")
+            int_list("passkey_lengths", self.passkey_lengths)
         try:
             depths = [float(x) for x in self.passkey_depths.split(",")]
         except ValueError:

@@ -204,11 +204,12 @@ DEPTHS = ",".join(str(d / 10) for d in range(11))  # key depths 0, 0.1, … 1: k
 
 
 def eval_args(cfg, kind):
-    """eval.py's options: at 8·Lc the paper's sliding window with stride Lc and passkeys; at 64·Lc stride 1024."""
-    if kind == "8x":
+    """eval.py's options: at 8·Lc the paper's sliding window with stride Lc and passkeys (teacher-forced; "8x+gen"
+    also greedy generation, to count where the two disagree); at 64·Lc stride 1024."""
+    if kind.startswith("8x"):
         return {"lengths": f"{Lc},{2 * Lc},{4 * Lc},{Lt}", "stride": Lc, "max_tokens": cfg.eval_tokens,
                 "position_len": Lt, "passkey_trials": cfg.passkey_trials, "passkey_far": Lc, "passkey_depths": DEPTHS,
-                "passkey_mode": "teacher"}
+                "passkey_mode": "both" if kind == "8x+gen" else "teacher"}
     return {"lengths": f"{Lt},{2 * Lt},{4 * Lt},{Lt64}", "stride": 1024, "max_tokens": cfg.long_tokens,
             "position_len": Lt64, "passkey_trials": 0}
 
@@ -247,7 +248,8 @@ def read_eval(out):
         res["passkey"] = {int(L): {float(d): a for d, a in c.items()} for L, c in keys["models"]["m"].items()}
         res["distance"] = {int(L): {float(d): n for d, n in c.items()} for L, c in keys["distance"].items()}
         res["trials"] = keys["protocol"]["trials_per_length"]
-        res["disagreements"] = keys["disagreements"]["m"]
+        res["disagreements"] = keys["disagreements"]["m"]  # None unless scored both ways
+        res["scored"] = sum(-(-res["trials"] // len(c)) * len(c) for c in res["passkey"].values())
     return res
 
 
@@ -361,10 +363,10 @@ def tables(s):
     rows8 = [n for n in ["base"] + [r.name for r in RUNS if r.Lt == Lt] if n in s]
     ppl = markdown(["run", "positions", "RoPE scaling", "seeds"] + [f"ppl @{L}" for L in (Lc, 2 * Lc, 4 * Lc, Lt)]
                    + ["peak RSS GiB"],
-                   [[f"`{n}`", *(("–", "none", "–") if n == "base" else describe(n)[:2]), s[n]["seeds"]]
+                   [[f"`{n}`", *(("–", "none") if n == "base" else describe(n)[:2]), s[n]["seeds"]]
                     + [fmt(s[n]["ppl"][L]) for L in (Lc, 2 * Lc, 4 * Lc, Lt)]
                     + [fmt(s[n].get("mem_gib")) if "mem_gib" in s[n] else "–"] for n in rows8])
-    keys = markdown(["run", "trials per length", f"inside Lc @{Lc}"] + [f"beyond Lc @{L}" for L in (2 * Lc, 4 * Lc, Lt)],
+    keys = markdown(["run", "trials per length (all seeds)", f"inside Lc @{Lc}"] + [f"beyond Lc @{L}" for L in (2 * Lc, 4 * Lc, Lt)],
                     [[f"`{n}`", s[n]["passkey"][Lt].n] + [rate(s[n]["passkey"].get(L)) for L in (Lc, 2 * Lc, 4 * Lc, Lt)]
                      for n in rows8 if "passkey" in s[n]])
     long = [n for n in ("base64", POSE + "@64", POSE64, SCALED64) if n in s]
@@ -472,7 +474,7 @@ def band(curves):
 
 
 def figures(cfg, s, evals):
-    marks8, marks64 = {Lc: "L0 = Lc", Lt: "8·Lc"}, {Lc: "L0", Lt: "8·Lc", Lt64: "64·Lc"}
+    marks8, marks64 = {Lc: "L0 = Lc", Lt: "8·Lc"}, {Lt: "8·Lc", Lt64: "64·Lc"}  # L0 = 128: under the smoothing
     names8 = [n for n in ["base", PLAIN, POSE_NONE, SCALED, POSE, RANDPOS, FULL] if n in evals]
     curves, bands = {}, {}
     for n in names8:
@@ -500,7 +502,7 @@ def figures(cfg, s, evals):
         windows = evals[long[0]][0]["windows"]
         plots.plot_position_loss(curves, os.path.join(cfg.plots, "position_loss_64x.png"), marks64, smooth=1024,
                                  bands=bands, title=f"Loss at each position: {windows} windows of {Lt64} tokens a "
-                                                    "model, bands min–max over seeds")
+                                                    f"model (L0 = {Lc}), bands min–max over seeds")
 
 
 # ----------------------------------------------------------------------------- the whole comparison
@@ -525,19 +527,22 @@ def main(cfg):
     jobs.run(train_jobs)
     t_train = time.time() - t0
 
-    models = [("base", cfg.base, "8x", os.path.join(runs_dir, "base", "eval_8x"))]
-    models += [(f"{r.name} seed {seed}", os.path.join(d, "final"), "8x", os.path.join(d, "eval_8x"))
-               for r, seed, d in plan if r.Lt == Lt]
+    # 8·Lc for every model (the first seed's, in the full run, also scored by generation), 64·Lc for the base, the
+    # 64× runs and the headline run's first seed
+    gen = "8x" if cfg.quick else "8x+gen"
+    models = [("base", cfg.base, gen, os.path.join(runs_dir, "base", "eval_8x"))]
+    models += [(f"{r.name} seed {seed}", os.path.join(d, "final"), gen if seed == seeds[0] and r.seeded or r.name == FULL
+                else "8x", os.path.join(d, "eval_8x")) for r, seed, d in plan if r.Lt == Lt]
     if not cfg.quick:
         models += [("base", cfg.base, "64x", os.path.join(runs_dir, "base", "eval_64x"))]
         models += [(f"{r.name} seed {seed}", os.path.join(d, "final"), "64x", os.path.join(d, "eval_64x"))
                    for r, seed, d in plan if r.name in (POSE64, SCALED64) or (r.name == POSE and seed == seeds[0])]
-    jobs.run(sorted(evaluation_jobs(cfg, models, retrained), key=lambda j: "64x" not in j[0]))
+    jobs.run(sorted(evaluation_jobs(cfg, models, retrained), key=lambda j: ("64x" not in j[0], "gen" not in j[0])))
 
     evals, mems = {}, {}
     for label, _, kind, out in models:
         name = label.split(" ")[0]
-        key = name if kind == "8x" else ("base64" if name == "base" else name + "@64" if name == POSE else name)
+        key = name if kind.startswith("8x") else ("base64" if name == "base" else name + "@64" if name == POSE else name)
         evals.setdefault(key, []).append(read_eval(out))
     for r, seed, d in plan:
         mems.setdefault(r.name, []).append(max(x["mem_gib"] for x in plots.read_log(os.path.join(d, "log.jsonl"))
@@ -558,15 +563,19 @@ def main(cfg):
                               for n, v in s.items()},
                    "disagreements": {n: [r.get("disagreements") for r in v] for n, v in evals.items()}}, f, indent=1)
     note = notes(cfg, minutes, t_train, evals)
+    both = [(n, r) for n, v in evals.items() for r in v if r.get("disagreements") is not None]
+    agree = (f"Teacher forcing against the paper's greedy generation, on every trial of {', '.join(n for n, _ in both)} "
+             f"(the first seed's): they disagree on {sum(r['disagreements'] for _, r in both)} of "
+             f"{sum(r['scored'] for _, r in both)} trials." if both else "")
     with open(os.path.join(cfg.out, "table.md"), "w") as f:
-        f.write("\n\n".join([note, ppl_table, key_table, reading, long_table]))
+        f.write("\n\n".join([note, ppl_table, agree, key_table, reading, long_table]))
     with open(os.path.join(cfg.out, "checks.md"), "w") as f:
         f.write(claims)
     os.makedirs(cfg.plots, exist_ok=True)
     figures(cfg, s, evals)
     write_readme(cfg.readme, "\n".join([
         note, "", "![loss at every position](plots/position_loss.png)", "", ppl_table,
-        "Passkey retrieval, teacher-forced, pooled over seeds, with 95% intervals:", "", key_table,
+        "Passkey retrieval, teacher-forced, pooled over seeds, with 95% intervals. " + agree, "", key_table,
         "![passkey beyond Lc](plots/passkey.png) ![perplexity](plots/ppl.png)", "",
         "**What each part of PoSE does** (mean ± sd over seeds; a difference inside the spreads is "
         "\"no difference at this size\"):", "", reading,
@@ -589,10 +598,14 @@ def notes(cfg, minutes, t_train, evals):
             f"{Lt}-token windows), {seeds}; ± is the sd over seeds (* a one-seed row: the seeded runs' typical "
             f"relative sd). Perplexity: the paper's sliding window, stride Lc = {Lc}, on the first {cfg.eval_tokens} "
             f"tokens of each of the 5 held-out books (after a book's first window every scored token has at least "
-            f"ctx − {Lc} tokens before it); loss at every position: the mean over those {Lt}-token windows. Passkey: "
-            f"{cfg.passkey_trials} trials per length and seed, teacher-forced, on keys farther back than Lc (at Lc, "
-            f"inside the window). `python reproduce.py{' --quick=true' if cfg.quick else ''}`, {minutes:.1f} min on "
-            f"this machine ({t_train / 60:.1f} of them training).")
+            f"ctx − {Lc} tokens before it); loss at every position: the mean over those {Lt}-token windows, drawn "
+            f"as a moving average over {Lc} positions (the windows start every {Lc} tokens, so the same text recurs "
+            f"with that period). Passkey: {cfg.passkey_trials} trials per length and seed, teacher-forced, on keys "
+            f"farther back than Lc (at Lc, inside the window). Unlike the paper's runs, training windows start at a "
+            f"random offset of a book (BOS first: 478 chapter starts are too little text), and in PoSE's passkey rows "
+            f"the skip falls between the key and the question (`train.passkey_row`). `python reproduce.py"
+            f"{' --quick=true' if cfg.quick else ''}`, {minutes:.1f} min on this machine ({t_train / 60:.1f} of them "
+            "training).")
 
 
 if __name__ == "__main__":
