@@ -512,23 +512,30 @@ def main(cfg):
         cfg.steps, cfg.seeds = cfg.quick_steps, 1
         cfg.eval_tokens, cfg.passkey_trials = cfg.quick_eval_tokens, cfg.quick_passkey_trials
     runs_dir = cfg.runs_dir or os.path.join("out", "repro_quick" if cfg.quick else "repro")
-    runs = [r for r in RUNS if r.name in TWO_BY_TWO or not cfg.quick]
     seeds = [1337 + i for i in range(cfg.seeds)]
-    plan = [(r, seed, os.path.join(runs_dir, r.name, f"seed{seed}")) for r in runs for seed in (seeds if r.seeded
-                                                                                               else seeds[:1])]
+    plan = [(r, seed, os.path.join(runs_dir, r.name, f"seed{seed}")) for r in RUNS if r.name in TWO_BY_TWO or not
+            cfg.quick for seed in (seeds if r.seeded else seeds[:1])]  # (run, seed, its folder)
     jobs = Jobs(cfg.workers)
     if not os.path.exists(os.path.join(HERE, "data", "tok", "web-bpe4k", "train.bin")):
         jobs.run([("prepare", [sys.executable, "prepare.py"], os.path.join("data", "prepare.log"))])
     if cfg.pretrain:
         make_base(cfg, jobs)
     train_jobs = training_jobs(cfg, plan)  # every run folder checked before anything runs
-    retrained = {os.path.dirname(log) for _, _, log in train_jobs}
     print(f"reproduce.py: {len(plan)} runs in {runs_dir}, {len(train_jobs)} to train, {cfg.workers} at a time")
     jobs.run(train_jobs)
     t_train = time.time() - t0
+    evals = evaluate_all(cfg, plan, seeds, runs_dir, jobs, retrained={os.path.dirname(j[2]) for j in train_jobs})
+    mems = {}
+    for r, seed, d in plan:
+        mems.setdefault(r.name, []).append(max(x["mem_gib"] for x in plots.read_log(os.path.join(d, "log.jsonl"))
+                                               if "mem_gib" in x))
+    report(cfg, summarize(evals, mems), evals, seeds, t0, t_train)
 
-    # 8·Lc for every model (the first seed's, in the full run, also scored by generation), 64·Lc for the base, the
-    # 64× runs and the headline run's first seed
+
+def evaluate_all(cfg, plan, seeds, runs_dir, jobs, retrained):
+    """Every model at 8·Lc (the first seed's, in the full run, also scored by generation), and at 64·Lc the base,
+    the 64× runs and the headline run's first seed: {model: [per-seed read_eval]}; the base at 64·Lc is
+    "base64", the headline 8× run there "<name>@64"."""
     gen = "8x" if cfg.quick else "8x+gen"
     models = [("base", cfg.base, gen, os.path.join(runs_dir, "base", "eval_8x"))]
     models += [(f"{r.name} seed {seed}", os.path.join(d, "final"), gen if seed == seeds[0] and r.seeded or r.name == FULL
@@ -538,16 +545,16 @@ def main(cfg):
         models += [(f"{r.name} seed {seed}", os.path.join(d, "final"), "64x", os.path.join(d, "eval_64x"))
                    for r, seed, d in plan if r.name in (POSE64, SCALED64) or (r.name == POSE and seed == seeds[0])]
     jobs.run(sorted(evaluation_jobs(cfg, models, retrained), key=lambda j: ("64x" not in j[0], "gen" not in j[0])))
-
-    evals, mems = {}, {}
+    evals = {}
     for label, _, kind, out in models:
         name = label.split(" ")[0]
         key = name if kind.startswith("8x") else ("base64" if name == "base" else name + "@64" if name == POSE else name)
         evals.setdefault(key, []).append(read_eval(out))
-    for r, seed, d in plan:
-        mems.setdefault(r.name, []).append(max(x["mem_gib"] for x in plots.read_log(os.path.join(d, "log.jsonl"))
-                                               if "mem_gib" in x))
-    s = summarize(evals, mems)
+    return evals
+
+
+def report(cfg, s, evals, seeds, t0, t_train):
+    """results/{summary.json, table.md, checks.md}, the figures, and the README's results section."""
     ppl_table, key_table, long_table = tables(s)
     claims, reading = checks(s), two_by_two(s)
     minutes = (time.time() - t0) / 60
