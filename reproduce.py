@@ -115,6 +115,7 @@ class Jobs:
 
     def __init__(self, workers):
         self.workers, self.env = workers, os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self.ran = 0  # jobs run so far
 
     def run(self, jobs):
         """jobs: [(label, argv, log file)]; stops at the first failure, naming its log."""
@@ -129,6 +130,7 @@ class Jobs:
             if rc:
                 raise RuntimeError(f"{label} failed (exit status {rc}): {tail(log)} (all of it: {log})")
             done.append(label)
+            self.ran += 1
             print(f"[{len(done)}/{len(jobs)}] {label}: {(time.time() - start) / 60:.1f} min "
                   f"({(time.time() - t0) / 60:.1f} min so far)", flush=True)
 
@@ -482,8 +484,7 @@ def figures(cfg, s, evals):
     windows = evals[names8[0]][0]["windows"]
     plots.plot_position_loss(curves, os.path.join(cfg.plots, "position_loss.png"), marks8, smooth=Lc,
                              bands={n: b for n, b in bands.items() if len(evals[n]) > 1},
-                             title=f"Loss at each position: {windows} windows of {Lt} tokens a model, bands min–max "
-                                   "over seeds")
+                             title=f"Loss at each position, {windows} windows of {Lt} (band: seeds' range)")
     plots.plot_perplexity({n: {L: e.mean for L, e in s[n]["ppl"].items()} for n in names8},
                           os.path.join(cfg.plots, "ppl.png"), marks8, "Perplexity, sliding window (stride Lc)",
                           spread={n: {L: (e.low, e.high) for L, e in s[n]["ppl"].items()} for n in names8})
@@ -501,8 +502,8 @@ def figures(cfg, s, evals):
             bands[list(curves)[-1]] = b
         windows = evals[long[0]][0]["windows"]
         plots.plot_position_loss(curves, os.path.join(cfg.plots, "position_loss_64x.png"), marks64, smooth=1024,
-                                 bands=bands, title=f"Loss at each position: {windows} windows of {Lt64} tokens a "
-                                                    f"model (L0 = {Lc}), bands min–max over seeds")
+                                 bands=bands, title=f"Loss at each position, {windows} windows of {Lt64} "
+                                                    "(band: seeds' range)")
 
 
 # ----------------------------------------------------------------------------- the whole comparison
@@ -529,7 +530,7 @@ def main(cfg):
     for r, seed, d in plan:
         mems.setdefault(r.name, []).append(max(x["mem_gib"] for x in plots.read_log(os.path.join(d, "log.jsonl"))
                                                if "mem_gib" in x))
-    report(cfg, summarize(evals, mems), evals, seeds, t0, t_train)
+    report(cfg, summarize(evals, mems), evals, seeds, (time.time() - t0) / 60, t_train / 60, reused=jobs.ran == 0)
 
 
 def evaluate_all(cfg, plan, seeds, runs_dir, jobs, retrained):
@@ -553,15 +554,21 @@ def evaluate_all(cfg, plan, seeds, runs_dir, jobs, retrained):
     return evals
 
 
-def report(cfg, s, evals, seeds, t0, t_train):
-    """results/{summary.json, table.md, checks.md}, the figures, and the README's results section."""
+def report(cfg, s, evals, seeds, minutes, t_train, reused=False):
+    """results/{summary.json, table.md, checks.md}, the figures, and the README's results section. When every run
+    and evaluation was reused, the times reported are those of the run that made them (results/summary.json)."""
     ppl_table, key_table, long_table = tables(s)
     claims, reading = checks(s), two_by_two(s)
-    minutes = (time.time() - t0) / 60
+    made = os.path.join(cfg.out, "summary.json")
+    if reused and os.path.exists(made):
+        with open(made) as f:
+            before = json.load(f)
+        if before.get("command") == "python reproduce.py" + " --quick=true" * cfg.quick:
+            minutes, t_train = before["minutes"], before["training_minutes"]
     os.makedirs(cfg.out, exist_ok=True)
     with open(os.path.join(cfg.out, "summary.json"), "w") as f:
         json.dump({"command": "python reproduce.py" + " --quick=true" * cfg.quick, "minutes": minutes,
-                   "training_minutes": t_train / 60, "config": asdict(cfg), "seeds": seeds,
+                   "training_minutes": t_train, "config": asdict(cfg), "seeds": seeds,
                    "eval": {k: eval_args(cfg, k) for k in ("8x", "64x")},
                    "models": {n: {"seeds": v["seeds"], "ppl": {L: asdict(e) for L, e in v["ppl"].items()},
                                   "ppl_per_seed": v["per_seed"],
@@ -611,7 +618,7 @@ def notes(cfg, minutes, t_train, evals):
             f"farther back than Lc (at Lc, inside the window). Unlike the paper's runs, training windows start at a "
             f"random offset of a book (BOS first: 478 chapter starts are too little text), and in PoSE's passkey rows "
             f"the skip falls between the key and the question (`train.passkey_row`). `python reproduce.py"
-            f"{' --quick=true' if cfg.quick else ''}`, {minutes:.1f} min on this machine ({t_train / 60:.1f} of them "
+            f"{' --quick=true' if cfg.quick else ''}`, {minutes:.1f} min on this machine ({t_train:.1f} of them "
             "training).")
 
 
