@@ -1,7 +1,10 @@
 """plots.py: the project's figures as PNGs (perplexity, passkey, training loss, memory/time, coverage), from data.
 
-    python plots.py                       # redraw from results/*.json, out/*/log.jsonl and results/bench.json
-    python plots.py --results=results --logs=out --bench=results/bench.json --out=plots
+    python plots.py --results=DIR --logs=out --bench=results/bench.json --out=plots
+        # redraw eval.py's figures from its --out folder DIR, the training curves of out/*/log.jsonl, and Figure 3
+
+reproduce.py draws the comparison's own figures (a rerun that reuses every run redraws them in seconds), and
+pose.py the coverage figure.
 
 Each plot_* function takes plain data and an output path, so eval.py, a benchmark or a notebook can call it.
 """

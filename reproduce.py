@@ -1,7 +1,7 @@
 """reproduce.py: the paper's comparison in miniature, on CPU, with seeds: what the skip adds to interpolation, how far
 it reaches (the paper's 64×), and how sure the numbers are.
 
-    python reproduce.py                 # every run and check, about 70 minutes on 2 cores
+    python reproduce.py                 # every run and check, about 64 minutes on 2 cores
     python reproduce.py --quick=true    # the 2 × 2 at 8·Lc, one seed, fewer steps and tokens: about 4 minutes
     python reproduce.py --pretrain=true --base=models/my_base   # first pretrain a base (+30 min) into a new folder
 
@@ -300,10 +300,12 @@ def verdict(a, b, factor=1.0):
 
 
 def compare(a, b):
-    """'x% lower' / 'x% higher' than b, or 'no difference at this size' when the spreads overlap."""
+    """'x% lower' / 'x% higher' than b, or 'no difference at this size' when the spreads overlap (one seed each: no
+    spread to judge by, and said so)."""
     if verdict(a, b) == verdict(b, a) == "no difference at this size":
         return f"no difference at this size ({a.mean / b.mean - 1:+.1%})"
-    return f"{abs(a.mean / b.mean - 1):.1%} {'lower' if a.mean < b.mean else 'higher'}"
+    one_seed = " (one seed: no spread to judge it by)" if a.n == b.n == 1 and a.low == a.high else ""
+    return f"{abs(a.mean / b.mean - 1):.1%} {'lower' if a.mean < b.mean else 'higher'}{one_seed}"
 
 
 def summarize(evals, mems):
