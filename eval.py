@@ -203,6 +203,11 @@ def passkey_cells(tok, lengths, depths, far=0):
             for L in lengths}
 
 
+def trials_per_depth(trials, depths):
+    """`trials` per length spread evenly over the depths tried there, rounded up."""
+    return -(-trials // max(len(depths), 1))
+
+
 def passkey_accuracy(model, tok, cells, trials, seed=0, mode="generate", device="cpu", batch_tokens=4096):
     """({length: {depth: accuracy}}, disagreements) over `trials` random 5-digit keys per length, spread evenly over
     the length's depths (rounded up), seeded per (seed, length, depth). In mode "both" the accuracy is teacher
@@ -210,7 +215,7 @@ def passkey_accuracy(model, tok, cells, trials, seed=0, mode="generate", device=
     acc, disagree = {L: {} for L in cells}, 0
     for L, depths in cells.items():
         check_length(model, L)
-        per_depth = -(-trials // max(len(depths), 1))
+        per_depth = trials_per_depth(trials, depths)
         trial = [(d, int(k)) for d in depths
                  for k in np.random.default_rng([seed, L, round(d * 1000)]).integers(10000, 100000, size=per_depth)]
         prompts = [passkey_prompt(tok, L, d, k) for d, k in trial]

@@ -35,6 +35,7 @@ import torch
 import plots
 from checkpoint import from_pretrained, latest_checkpoint, load_tensors, save_pretrained
 from config import non_negative, parse_config, positive
+from eval import trials_per_depth
 from train import TrainConfig
 from util import markdown
 
@@ -251,7 +252,7 @@ def read_eval(out):
         res["distance"] = {int(L): {float(d): n for d, n in c.items()} for L, c in keys["distance"].items()}
         res["trials"] = keys["protocol"]["trials_per_length"]
         res["disagreements"] = keys["disagreements"]["m"]  # None unless scored both ways
-        res["scored"] = sum(-(-res["trials"] // len(c)) * len(c) for c in res["passkey"].values())
+        res["scored"] = sum(trials_per_depth(res["trials"], c) * len(c) for c in res["passkey"].values())
     return res
 
 
@@ -331,7 +332,7 @@ def summarize(evals, mems):
                 hits = trials = 0
                 for r in seeds:
                     cells = r["passkey"][L]
-                    per_depth = -(-r["trials"] // len(cells))
+                    per_depth = trials_per_depth(r["trials"], cells)
                     far = [d for d in cells if L <= Lc or r["distance"][L][d] > Lc]
                     hits += sum(round(cells[d] * per_depth) for d in far)
                     trials += per_depth * len(far)
