@@ -469,11 +469,15 @@ def weights_finite(model):
     return bool(ok)
 
 
+def last_good(out_dir):
+    """What a stopped run says it leaves: its latest checkpoint (every one kept is finite), or that there is none."""
+    return latest_checkpoint(out_dir) or "none (no checkpoint was written before)"
+
+
 def _refuse_nonfinite(model, out_dir, what):
     if not weights_finite(model):
-        good = latest_checkpoint(out_dir)
         raise FloatingPointError(f"the weights are not finite {what}: nothing saved; the last good checkpoint is "
-                                 + (good or "none (no checkpoint was written before)"))
+                                 f"{last_good(out_dir)}")
 
 
 def full_state(model, optimizer=None):

@@ -196,11 +196,11 @@ def passkey_teacher(model, tok, prompts, device, batch_tokens=4096):
     return hits
 
 
-def passkey_cells(tok, lengths, depths, far=0):
-    """{length: [depths tried]}: every depth, or at lengths beyond `far` (> 0) only those whose key line starts
-    farther back than `far` tokens (the ones that test retrieval past it)."""
-    return {L: [d for d in depths if not far or L <= far or passkey_prompt(tok, L, d, 10_000).distance > far]
-            for L in lengths}
+def passkey_cells(distance, far=0):
+    """{length: [depths tried]} from key_distances' {length: {depth: tokens back}}: every depth, or at lengths beyond
+    `far` (> 0) only those whose key line starts farther back than `far` tokens (the ones that test retrieval past
+    it)."""
+    return {L: [d for d, back in cells.items() if not far or L <= far or back > far] for L, cells in distance.items()}
 
 
 def trials_per_depth(trials, depths):
@@ -290,8 +290,8 @@ def evaluate_models(cfg, progress=True):
     os.makedirs(cfg.out, exist_ok=True)
     if cfg.plots:
         os.makedirs(cfg.plots, exist_ok=True)
-    cells = passkey_cells(tok, pk_lengths, depths, cfg.passkey_far) if cfg.passkey_trials else {}
     distance = key_distances(tok, pk_lengths, depths) if cfg.passkey_trials else {}
+    cells = passkey_cells(distance, cfg.passkey_far)
     ppl, keys, disagree = {}, {}, {}
     for name, path in specs:
         model = from_pretrained(path, cfg.max_seq_len or None, getattr(torch, cfg.dtype)).to(device).eval()

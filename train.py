@@ -26,8 +26,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import pose
-from checkpoint import (claim_run_folder, from_pretrained, latest_checkpoint, load_tensors, open_log, raw_model,
-                        save_checkpoint, save_model, weights_finite)
+from checkpoint import (claim_run_folder, from_pretrained, last_good, latest_checkpoint, load_tensors, open_log,
+                        raw_model, save_checkpoint, save_model, weights_finite)
 from config import heads, in_range, non_negative, one_of, parse_config, positive
 from eval import perplexity
 from lora import add_lora
@@ -398,8 +398,7 @@ def stop_if_diverged(loss, grad_norm, scaler, step, out_dir):
     """A FloatingPointError naming the step and the last good checkpoint if the loss or the gradient is not finite."""
     if not torch.isfinite(loss) or not (scaler.is_enabled() or math.isfinite(grad_norm.item())):
         raise FloatingPointError(f"loss {loss.item():.4g}, gradient norm {grad_norm.item():.4g} at step {step}; "
-                                 f"stopped, the last good checkpoint is "
-                                 f"{latest_checkpoint(out_dir) or 'none (no checkpoint was written before)'}")
+                                 f"stopped, the last good checkpoint is {last_good(out_dir)}")
 
 
 class Interrupted(Exception):

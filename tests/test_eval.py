@@ -208,7 +208,7 @@ def test_generation_and_teacher_forcing_agree_on_a_copier(tok):
 
 
 def test_passkey_cells_keep_only_far_keys_beyond_the_threshold(tok):
-    cells = passkey_cells(tok, [128, 256, 1024], [0, 0.5, 1], far=128)
+    cells = passkey_cells(key_distances(tok, [128, 256, 1024], [0, 0.5, 1]), far=128)
     assert cells[128] == [0, 0.5, 1]  # within it, every depth: retrieval inside the window
     assert cells[256] == [0] and cells[1024] == [0, 0.5]  # the key at depth 1 sits near the question
 
