@@ -5,8 +5,11 @@
     torchrun --nproc_per_node=8 train.py configs/llama2_7b_pose_16k.toml --fsdp=true
     python train.py -h                                              # every option
 
-Read it top to bottom: the options, then the data (windows cut by pose.py), the model (loaded, its context
-extended, LoRA), and train(): setup, then one loop -- batch, forward/backward, clip, step, log, eval, checkpoint.
+A first reading takes three functions: get_batch (training windows cut by pose.py, each row with its own
+positions), build_model (where LLaMA.extend_context gives the RoPE its scaling for Lt: s = Lt / L0), and train()'s
+loop -- batch, forward/backward, clip, step, log, eval, checkpoint. The blocks marked "a first reading may skip" are
+engineering (checks, resuming, several GPUs, logging); passkey_row is this project's addition to the training
+mixture, not the paper's.
 Checkpoints are Hugging Face directories (plus train_state.pt for resuming) written whole or not at all
 (checkpoint.py); the final model is out_dir/final, which transformers loads as it is.
 """
@@ -50,7 +53,7 @@ class TrainConfig:
     # the model: "scratch", "resume" (out_dir's latest checkpoint), or a Hugging Face / Meta / project folder
     init_from: str = "scratch"  # where the model comes from
     L0: int = 0                 # the length it was pretrained at; 0: its config's (Meta checkpoints must set it)
-    dim: int = 256              # width (init_from=scratch only, as the five below)
+    dim: int = 256              # width (init_from=scratch only, as the six below)
     n_layers: int = 4           # transformer blocks
     n_heads: int = 8            # query heads
     n_kv_heads: int = 4         # key/value heads (GQA when fewer than n_heads)
@@ -63,7 +66,10 @@ class TrainConfig:
     Lt: int = 128               # the target context length
     num_chunks: int = 2         # N, the chunks of a PoSE window
     text: str = "skip"          # PoSE's text: skip (v_i drawn) | contiguous (v_i = 0) | aligned (v_i = u_i)
-    passkey_share: float = 0.0  # this share of rows starts with a synthetic passkey prompt and its answer
+    passkey_share: float = 0.0  # this share of rows starts with a synthetic passkey prompt and its answer (this
+                                # project's addition to the mixture: the paper trains on text alone)
+    passkey_skip: str = "pose"  # PoSE's passkey rows: pose (the positions pose_window drew, the skip wherever it
+                                # falls) | between (the first skip moved between the key and the question)
     rope_type: str = "keep"     # RoPE scaling set now: keep (as loaded) | none | linear | ntk | dynamic | yarn |
                                 # yarn_pose (the official PoSE code's revised YaRN) | llama3
     rope_factor: float = 0.0    # s; 0: Lt / L0
@@ -92,7 +98,8 @@ class TrainConfig:
                                  # what is trained is float32 whatever this is
     # system
     device: str = "auto"        # auto | cpu | cuda | cuda:N
-    dtype: str = "float32"      # float32 | bfloat16 | float16 (autocast; the weights stay float32)
+    dtype: str = "float32"      # float32 | bfloat16 | float16: autocast (the weights keep their own dtype: float32,
+                                # or base_dtype for a frozen LoRA base)
     grad_checkpointing: bool = False  # recompute each block in the backward pass: less memory, ~30% more time
     compile: bool = False       # torch.compile the model
     fsdp: bool = False          # under torchrun: FSDP2 fully_shard instead of DDP
@@ -107,7 +114,7 @@ class TrainConfig:
     ckpt_interval: int = 100    # steps between checkpoints; 0: only at the end
     keep_checkpoints: int = 1   # how many checkpoints to keep
 
-    def check(self):
+    def check(self):  # (a first reading may skip: every option checked before anything is read)
         """A ValueError naming the first option that cannot work (parse_config and train() call it)."""
         one_of(self, "start", ("doc", "random"))
         positive(self, "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "batch_size", "grad_accum",
@@ -119,6 +126,7 @@ class TrainConfig:
             raise ValueError(f"--Lc={self.Lc}: expected 2 or more")
         pose.check(self.Lc, self.Lt, self.method, self.num_chunks, self.text)
         in_range(self, "passkey_share", 0, 1, "a share in [0, 1]")
+        one_of(self, "passkey_skip", ("pose", "between"))
         if self.rope_type == "longrope":
             raise ValueError("--rope_type=longrope needs per-dimension factors, which only a checkpoint's config gives: "
                              "keep them with rope_type=keep, or choose linear, ntk, dynamic, yarn, yarn_pose or llama3")
@@ -157,8 +165,7 @@ def get_batch(data, cfg, rng, rows, tok=None):
     (pose.read_len) -- so that chunk 0 starts with the document's BOS at position 0 (start="doc"); or, with
     start="random", from as many tokens at a random offset, with the document's BOS put in front (where documents'
     starts are little text). With passkey_share, that share of rows begins with a synthetic passkey prompt and its
-    answer (tokenizer `tok`), at the window's positions -- under PoSE with the skip between the key and the question
-    (see passkey_row)."""
+    answer (tokenizer `tok`), at the window's positions (see passkey_row)."""
     need = pose.doc_len(cfg.method, cfg.Lc, cfg.Lt, cfg.text)
     docs = data.docs_at_least(need)
     if len(docs) == 0:
@@ -182,13 +189,16 @@ def get_batch(data, cfg, rng, rows, tok=None):
 
 def passkey_row(tokens, pos, tok, cfg, rng):
     """A window that begins with a passkey prompt (BOS, instruction, filler, key line, filler, question) and its
-    answer, the rest of the window the text it held. Under PoSE the window's first skip is moved to a point drawn
-    between the end of the key line and the question, so that the key-to-question distance is the one the skip
-    stretches (by u_1, up to Lt - Lc): a short window then teaches retrieval across up to Lt tokens, which is what
-    the passkey test asks for. Elsewhere in the window, and for the other methods, positions are the window's."""
+    answer, the rest of the window the text it held -- this project's addition to the training mixture, not the
+    paper's (a 4M-parameter model learns no retrieval from text alone; the paper tests passkey zero-shot).
+
+    The positions are the window's (passkey_skip = "pose": wherever PoSE's skip fell, in the prompt or after it).
+    With passkey_skip = "between", a PoSE window's first skip is moved to a point drawn between the end of the key
+    line and the question, so that the skip stretches the key-to-question distance (by u_1, up to Lt - Lc): every
+    such row then trains retrieval across up to Lt positions, a variant of the method that reproduce.py measures."""
     example, p = passkey_example(tok, len(tokens), rng)
     tokens = np.concatenate([example, tokens[:len(tokens) - len(example)]])
-    if cfg.method == "pose" and cfg.num_chunks > 1:
+    if cfg.passkey_skip == "between" and cfg.method == "pose" and cfg.num_chunks > 1:
         k = np.arange(len(pos))
         u = pos - k  # u_i of each token's chunk: 0 in chunk 0, then u_1 <= u_2 <= ...
         first = u[u > 0].min() if (u > 0).any() else 0  # the window's first skip
@@ -236,6 +246,10 @@ def build_model(cfg, state):
     if cfg.rope_type != "keep":
         model.extend_context(cfg.Lt, cfg.rope_type, L0=cfg.L0, factor=cfg.rope_factor, beta_fast=cfg.yarn_beta_fast,
                              beta_slow=cfg.yarn_beta_slow)
+    elif cfg.Lt > model.cfg.max_seq_len:
+        print(f"warning: --Lt={cfg.Lt} is beyond the model's max_seq_len={model.cfg.max_seq_len} and rope_type=keep "
+              "leaves its RoPE as it is: positions past it are trained without interpolation (PoSE alone); "
+              "--rope_type=yarn_pose, linear, yarn ... scales it by s = Lt / L0", file=sys.stderr)
     if cfg.lora_rank:
         add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets.split(","), cfg.lora_train_embeddings,
                  cfg.lora_train_norms)
@@ -249,6 +263,7 @@ def params(model):
     return [p for p in model.parameters() if p.requires_grad]
 
 
+# (a first reading may skip from here to the loop: several GPUs, the periodic evaluation, resuming, the optimizer)
 def init_distributed(device):
     """(rank, world size, device): under torchrun one process group, each rank on its own GPU; else (0, 1, device)."""
     if int(os.environ.get("RANK", -1)) == -1:
@@ -283,8 +298,8 @@ def load_data(cfg):
 
 
 # What shapes a run: resuming with another value of any of these would train a different model than the checkpoint's.
-RUN_SHAPE = ("method", "Lc", "Lt", "num_chunks", "text", "L0", "rope_type", "rope_factor", "yarn_beta_fast",
-             "yarn_beta_slow", "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "rope_theta",
+RUN_SHAPE = ("method", "Lc", "Lt", "num_chunks", "text", "passkey_skip", "L0", "rope_type", "rope_factor",
+             "yarn_beta_fast", "yarn_beta_slow", "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "rope_theta",
              "tie_embeddings", "lora_rank", "lora_alpha", "lora_targets", "lora_train_embeddings", "lora_train_norms",
              "base_dtype")
 
@@ -351,6 +366,8 @@ def train(cfg):
     ctx = nullcontext() if cfg.dtype == "float32" else torch.autocast(device.split(":")[0], dtype=getattr(torch, cfg.dtype))
     log, t_start, start_step = Log(cfg, bool(resume), rank == 0, step), time.time(), step  # and out_dir is ours
     say(f"resumed from {resume} at step {step}" if resume else f"training into {cfg.out_dir}")
+    if cfg.eval_interval and not resume:  # where fine-tuning starts from, on the documents every later evaluation reads
+        log.eval(0, evaluate(raw_model(model), eval_docs, cfg, start_id(tok), ctx, device))
     while step < cfg.max_steps:
         lr = get_lr(step, cfg)
         for g in optimizer.param_groups:
@@ -394,6 +411,7 @@ def train(cfg):
     return model
 
 
+# (a first reading may skip the rest: stopping cleanly, checks, resuming, logging)
 def stop_if_diverged(loss, grad_norm, scaler, step, out_dir):
     """A FloatingPointError naming the step and the last good checkpoint if the loss or the gradient is not finite."""
     if not torch.isfinite(loss) or not (scaler.is_enabled() or math.isfinite(grad_norm.item())):

@@ -222,11 +222,15 @@ def test_a_fresh_run_never_overwrites_an_old_one(data_dir, tmp_path):
     assert sorted(os.listdir(tmp_path)) == before
 
 
-@pytest.mark.parametrize("method", ["pose", "plain", "randpos"])
-def test_passkey_rows_begin_with_the_prompt_and_pose_skips_between_key_and_question(data_dir, method):
+@pytest.mark.parametrize("method,skip", [("pose", "pose"), ("pose", "between"), ("plain", "between"),
+                                         ("randpos", "between")])
+def test_passkey_rows_begin_with_the_prompt_at_the_positions_drawn_or_the_skip_between(data_dir, method, skip):
+    """passkey_skip=pose keeps the window's positions; between moves PoSE's skip between key and question (and
+    leaves other methods' positions alone)."""
     tok = load_tokenizer("web-bpe4k")
-    cfg = tiny_cfg(data_dir, "x", method=method, Lc=128, Lt=1024, passkey_share=1.0)
+    cfg = tiny_cfg(data_dir, "x", method=method, Lc=128, Lt=1024, passkey_share=1.0, passkey_skip=skip)
     data, rng = prepare.TokenDataset(data_dir, "train"), np.random.default_rng(0)
+    moved = 0
     for _ in range(20):
         tokens, pos = pose.sample(data.doc(0), cfg.Lc, cfg.Lt, method, cfg.num_chunks, rng=rng)
         state = rng.bit_generator.state
@@ -235,12 +239,14 @@ def test_passkey_rows_begin_with_the_prompt_and_pose_skips_between_key_and_quest
         example, prompt = passkey_example(tok, len(tokens), rng)  # the same draws: the row's own prompt
         assert np.array_equal(row[:len(example)], example) and len(row) == len(tokens)
         assert np.array_equal(row[len(example):], tokens[:len(tokens) - len(example)])
-        if method != "pose":
+        if method != "pose" or skip == "pose":
             assert np.array_equal(p, pos)
             continue
         jumps = np.flatnonzero(np.diff(p) > 1) + 1  # where a skip lands
         assert (np.diff(p) > 0).all() and p[0] == 0 and p[-1] < cfg.Lt
         assert len(jumps) <= 1 and (len(jumps) == 0 or prompt.key_end <= jumps[0] <= prompt.question_at)
+        moved += not np.array_equal(p, pos)
+    assert method != "pose" or skip == "pose" or moved > 10  # the skip did move, in most rows
 
 
 def test_passkey_share_needs_room_for_the_template(data_dir):
