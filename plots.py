@@ -161,6 +161,20 @@ def plot_training(logs, path, title="Training loss"):
     _save(fig, path)
 
 
+def plot_steps(tracks, path, lengths, title="Perplexity during fine-tuning"):
+    """tracks {run: {step: {length: perplexity}}} -> perplexity against fine-tuning steps, one colour per run, a
+    solid line at the longest length and a dotted one at the shortest (the paper's Figure 3(c))."""
+    fig = Figure(figsize=SIZE)
+    ax = fig.subplots()
+    for k, (name, track) in enumerate(tracks.items()):
+        steps = sorted(track)
+        for L, style in zip(sorted(lengths, reverse=True), ("o-", "s:")):
+            ax.plot(steps, [track[st][L] for st in steps], style, color=f"C{k % 10}", ms=4, label=f"{name} @{L}")
+    ax.set(xlabel="fine-tuning step", ylabel="perplexity", title=title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    _save(fig, path)
+
+
 def plot_memory_time(bench, path, title="Cost of one training step vs target length"):
     """bench {method: {Lt: {"mem_gib", "step_s"}}} -> memory and time side by side (the paper's Figure 3)."""
     fig = Figure(figsize=(SIZE[0] * 1.4, SIZE[1]))
@@ -177,17 +191,47 @@ def plot_memory_time(bench, path, title="Cost of one training step vs target len
     _save(fig, path)
 
 
-def plot_coverage(curves, Lc, path, title="Relative-position coverage"):
-    """curves {label: P(distance d occurs) for d in [0, Lt)}, e.g. from pose.coverage; Lc dashed."""
-    fig = Figure(figsize=SIZE)
+def plot_coverage(panels, path, title="Relative-position coverage"):
+    """panels [(curves {label: P(distance d occurs) for d in [0, Lt)}, e.g. from pose.coverage; Lc, dashed; the
+    panel's title)], side by side."""
+    fig = Figure(figsize=(SIZE[0] * (0.75 + 0.55 * len(panels)), SIZE[1]))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (curves, Lc, name) in zip(axes, panels):
+        for label, rel in curves.items():
+            ax.plot(np.arange(len(rel)), rel, lw=1.6, label=label)
+        ax.axvline(Lc, color="gray", ls="--", lw=1)
+        ax.text(Lc, 1.08, f" Lc = {Lc}", color="gray", va="top")
+        ax.set(xlim=(0, max(map(len, curves.values()))), ylim=(-0.02, 1.1), xlabel="relative distance d (tokens)",
+               title=name)
+    axes[0].set_ylabel("P(d occurs in one training example)")
+    axes[0].legend(loc="center", fontsize=8)  # between the curves at 1 and those near 0.2
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_rope_scalings(divisors, keep, turns, path, title="What each RoPE scaling does to each pair"):
+    """divisors {scaling: (d/2,) how many times slower each RoPE pair turns than in pretraining (1: kept, s: fully
+    interpolated)}; keep (d/2,) YaRN's ramp (1 kept, 0 interpolated), shaded behind; turns (d/2,) how many times each
+    pair turns over L0, on the top axis."""
+    fig = Figure(figsize=(SIZE[0] * 1.25, SIZE[1] * 1.1))
     ax = fig.subplots()
-    for label, rel in curves.items():
-        ax.plot(np.arange(len(rel)), rel, lw=1.6, label=label)
-    ax.axvline(Lc, color="gray", ls="--", lw=1)
-    ax.text(Lc, 1.08, f" Lc = {Lc}", color="gray", va="top")
-    ax.set(xlim=(0, max(map(len, curves.values()))), ylim=(-0.02, 1.1), xlabel="relative distance d (tokens)",
-           ylabel="P(d occurs in one training example)", title=title)
-    ax.legend(loc="center right")
+    pairs = np.arange(len(keep))
+    zones = {"kept": keep == 1, "ramped": (keep > 0) & (keep < 1), "divided by s": keep == 0}
+    for (zone, where), color in zip(zones.items(), ("tab:green", "0.6", "tab:blue")):
+        for i in pairs[where]:
+            ax.axvspan(i - 0.5, i + 0.5, color=color, alpha=0.12, lw=0)
+        if where.any():
+            ax.text(pairs[where].mean(), 0.97, zone, ha="center", va="top", color="0.3",
+                    transform=ax.get_xaxis_transform())
+    for n, (name, div) in enumerate(divisors.items()):
+        ax.plot(pairs, div, "o-" if n < 10 else "s--", ms=4, lw=1.4, label=name, color=f"C{n % 10}")
+    ax.set_yscale("log", base=2)
+    ax.set(xlabel="RoPE pair i (dims i and i + d/2), fastest first", xlim=(-0.5, len(keep) - 0.5),
+           ylabel="divisor of the pair's frequency (log scale)", title=title)
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(pairs[::2], [f"{t:.2g}" for t in turns[::2]])
+    top.set_xlabel("turns over L0 in pretraining")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     _save(fig, path)
 
 
@@ -197,10 +241,33 @@ class PlotConfig:
     logs: str = "out"                  # every LOGS/*/log.jsonl is a training run
     bench: str = "results/bench.json"  # bench.py's results; part b holds {method: {Lt: {"mem_gib", "step_s"}}}
     out: str = "plots"
+    rope: str = "128,8,32"             # L0,s,head_dim of rope_scalings.png (the tiny run's); "": none
 
     def check(self):
-        from config import writable
+        from config import int_list, writable
         writable(self, "out")
+        if self.rope and len(int_list("rope", self.rope)) != 3:
+            raise ValueError(f"--rope={self.rope}: expected L0,s,head_dim or nothing")
+
+
+def rope_divisors(L0, s, head_dim, base=10000.0, beta_fast=4.0):
+    """({scaling: how many times slower each RoPE pair turns than in pretraining}, YaRN's ramp at beta_fast, how many
+    times each pair turns over L0) for a head of head_dim extended s times from L0, by model.py's own rules."""
+    import math
+
+    from model import ROPE_SCALINGS, rope_frequencies, scaling_for, yarn_keep
+    plain = rope_frequencies(head_dim, base)
+    rows = [("linear", "linear", beta_fast), ("fixed NTK, α = s", "ntk", beta_fast),
+            (f"YaRN (transformers'), β_fast {beta_fast:g}", "yarn", beta_fast),
+            (f"PoSE-YaRN (official code's), β_fast {beta_fast:g}", "yarn_pose", beta_fast),
+            ("PoSE-YaRN, β_fast 32", "yarn_pose", 32.0), ("llama3", "llama3", beta_fast),
+            (f"dynamic NTK, at {s * L0} positions", "dynamic", beta_fast)]
+    divisors = {}
+    for name, kind, beta in rows:
+        rs = scaling_for(kind, s, L0, beta_fast=beta)
+        divisors[name] = (plain / ROPE_SCALINGS[kind](head_dim, base, rs, L0, s * L0)[0]).numpy()
+    keep = yarn_keep(head_dim, base, {"beta_fast": beta_fast, "beta_slow": 1.0}, L0).numpy()
+    return divisors, keep, (L0 * plain / (2 * math.pi)).numpy()
 
 
 def context_marks(models):
@@ -256,6 +323,11 @@ def main(cfg):
             wrote.append(os.path.join(cfg.out, "memory_time.png"))
             b = _load(cfg.bench)["b"]
             plot_memory_time({m: b[m] for m in ("pose", "full")}, wrote[-1])
+    if cfg.rope:
+        L0, s, head_dim = (int(x) for x in cfg.rope.split(","))
+        wrote.append(os.path.join(cfg.out, "rope_scalings.png"))
+        plot_rope_scalings(*rope_divisors(L0, s, head_dim), wrote[-1],
+                           f"RoPE scalings pair by pair: L0 = {L0}, s = {s}, head dim {head_dim} (zones: β_fast 4)")
     print("wrote " + (", ".join(wrote) if wrote else f"nothing: no inputs in {cfg.results}, {cfg.logs}, {cfg.bench}"))
 
 
