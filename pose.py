@@ -181,26 +181,54 @@ def describe(ch, Lt, width=64):
 
 @dataclass
 class CoverageDemo:
-    """python pose.py: the paper's worked example, a few drawn windows, and the coverage figure (2k -> 16k).
+    """python pose.py: the worked example, a few drawn windows, and the coverage figure: the paper's 2k -> 16k beside
+    the tiny run's own 128 -> 1024, with the numbers the README quotes.
 
     python pose.py --n_samples=2000 --out=/tmp/coverage.png"""
-    Lc: int = 2048            # the training window
-    Lt: int = 16384           # the target length
+    Lc: int = 2048            # the training window of the first panel
+    Lt: int = 16384           # ... and its target length
+    tiny: str = "128,1024"    # Lc,Lt of a second panel (the tiny run's own); "": none
     n_samples: int = 10_000   # windows per curve
     out: str = "plots/coverage.png"  # where the figure goes
+
+    def settings(self):
+        """[(Lc, Lt)] of each panel."""
+        from config import int_list
+        return [(self.Lc, self.Lt)] + ([tuple(int_list("tiny", self.tiny))] if self.tiny else [])
 
     def check(self):
         from matplotlib.backend_bases import FigureCanvasBase
 
-        from config import positive, writable
-        check(self.Lc, self.Lt, "pose", 1, "skip")
-        if self.Lc < 3:
-            raise ValueError(f"--Lc={self.Lc}: expected 3 or more (the demo draws PoSE windows of 3 chunks)")
+        from config import int_list, positive, writable
+        if self.tiny and len(int_list("tiny", self.tiny)) != 2:
+            raise ValueError(f"--tiny={self.tiny}: expected Lc,Lt or nothing")
+        for Lc, Lt in self.settings():
+            check(Lc, Lt, "pose", 1, "skip")
+            if Lc < 3:
+                raise ValueError(f"--Lc={Lc}: expected 3 or more (the demo draws PoSE windows of 3 chunks)")
         positive(self, "n_samples")
         formats = FigureCanvasBase.get_supported_filetypes()  # checked now, not after the Monte Carlo
         if os.path.splitext(self.out)[1][1:].lower() not in formats:
             raise ValueError(f"--out={self.out}: expected a file name ending in .{', .'.join(formats)}")
         writable(self, "out", file=True)
+
+
+def coverage_curves(Lc, Lt, n_samples):
+    """{label: relative-position coverage} of RandPos, plain windows and PoSE with N = 2 and 3, each from seed 0."""
+    methods = {"RandPos": ("randpos", 2), "plain windows (N = 1)": ("plain", 1),  # RandPos first: plain, drawn
+               "PoSE N = 2": ("pose", 2), "PoSE N = 3": ("pose", 3)}               # over it, stays visible
+    return {label: coverage(method, Lc, Lt, N, n_samples, rng=np.random.default_rng(0))[0]
+            for label, (method, N) in methods.items()}
+
+
+def compare_chunks(curves, Lc, Lt):
+    """What the README says of N = 3 against N = 2, read off the curves."""
+    two, three = curves["PoSE N = 2"], curves["PoSE N = 3"]
+    below = np.flatnonzero(three[:Lc] < two[:Lc])
+    return (f"N = 3 covers [Lc, Lt) {three[Lc:].mean() / two[Lc:].mean():.2f}× as often as N = 2 on average "
+            f"({three[Lc]:.3f} vs {two[Lc]:.3f} at Lc = {Lc}, {three[Lt // 2]:.3f} vs {two[Lt // 2]:.3f} at Lt / 2), "
+            f"and less inside the window: below N = 2 for d = {below.min()} … {below.max()} "
+            f"({three[Lc // 2]:.4f} vs {two[Lc // 2]:.4f} at Lc / 2 = {Lc // 2})" if len(below) else "")
 
 
 def demo(cfg):
@@ -215,19 +243,17 @@ def demo(cfg):
         name = f"PoSE N = {N}" if method == "pose" else method
         print(f"\n{name}, Lc = {Lc} → Lt = {Lt}, document of {DOC_CAP * Lc} tokens:")
         print(describe(draw_window(DOC_CAP * Lc, Lc, Lt, method, N, rng=rng), Lt))
-
-    # RandPos first so that plain, drawn over it, stays visible where both are 1
-    methods = {"RandPos": ("randpos", 2), "plain windows (N = 1)": ("plain", 1),
-               "PoSE N = 2": ("pose", 2), "PoSE N = 3": ("pose", 3)}
-    at = {"Lc/2": Lc // 2, "Lc": Lc, "Lt/2": Lt // 2, "Lt-1": Lt - 1}
-    print(f"\nrelative-position coverage, {cfg.n_samples} samples, each curve from seed 0\n{'':24}"
-          + "".join(f"{k:>9}" for k in at))
-    curves = {}
-    for label, (method, N) in methods.items():
-        curves[label] = coverage(method, Lc, Lt, N, cfg.n_samples, rng=np.random.default_rng(0))[0]
-        print(f"{label:<24}" + "".join(f"{curves[label][d]:>9.4f}" for d in at.values()))
-    title = f"Relative-position coverage, Lc = {Lc} → Lt = {Lt} ({cfg.n_samples:,} samples)"
-    plot_coverage(curves, Lc, cfg.out, title)
+    panels = []
+    for Lc, Lt in cfg.settings():
+        at = {"Lc/2": Lc // 2, "Lc": Lc, "Lt/2": Lt // 2, "Lt-1": Lt - 1}
+        print(f"\nrelative-position coverage, Lc = {Lc} → Lt = {Lt}, {cfg.n_samples} samples, each curve from seed 0"
+              f"\n{'':24}" + "".join(f"{k:>9}" for k in at))
+        curves = coverage_curves(Lc, Lt, cfg.n_samples)
+        for label, curve in curves.items():
+            print(f"{label:<24}" + "".join(f"{curve[d]:>9.4f}" for d in at.values()))
+        print(compare_chunks(curves, Lc, Lt))
+        panels.append((curves, Lc, f"Lc = {Lc} → Lt = {Lt}"))
+    plot_coverage(panels, cfg.out, f"Relative-position coverage of one training example ({cfg.n_samples:,} samples)")
     print(f"wrote {cfg.out} in {time.time() - t0:.1f} s")
 
 
