@@ -1,15 +1,17 @@
-"""checkpoint.py: LLaMA weights in and out -- Hugging Face and Meta checkpoints in, Hugging Face out -- and the
-training checkpoints train.py resumes from (the same Hugging Face folder, plus train_state.pt).
+"""checkpoint.py: weights in and out -- Hugging Face (LLaMA, Mistral, Qwen2 / Qwen2.5, Qwen3, Phi-3, Gemma) and Meta
+checkpoints in, Hugging Face out, as the family it came from -- and the training checkpoints train.py resumes from
+(the same Hugging Face folder, plus train_state.pt).
 
     model = from_pretrained("models/tinyllama")          # config.json + safetensors / pytorch_model.bin, sharded or not
     model = from_pretrained("llama-2-7b", max_seq_len=4096)  # Meta: params.json + consolidated.NN.pth
-    save_pretrained(model, "out/run/final")              # a folder transformers' LlamaForCausalLM loads unchanged
+    save_pretrained(model, "out/run/final")              # a folder transformers loads unchanged, as its model_type
     save_checkpoint(...); latest_checkpoint("out/run")   # out/run/ckpt_STEP, written whole or not at all
 
 model.py's names are Meta's (tok_embeddings, attention.wq, feed_forward.w1 ...), so Meta weights need no key map,
 only their q/k rows permuted once (Meta pairs head dims (2i, 2i+1) for RoPE, Hugging Face (i, i + hd/2)); Hugging
-Face weights need the key map below and no permutation. Pickled weights are read with torch's weights_only loader,
-which refuses anything but tensors, so a checkpoint cannot run code.
+Face weights need their family's key map (FAMILIES) and no permutation; any other model_type is refused by name.
+Pickled weights are read with torch's weights_only loader, which refuses anything but tensors, so a checkpoint cannot
+run code.
 """
 import fcntl
 import json
@@ -17,14 +19,14 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from lora import merge_lora
-from model import ROPE_TYPES, LLaMA, ModelConfig, llama_ffn_dim, rope_inv_freq
+from model import ROPE_TYPES, LLaMA, ModelConfig, llama_ffn_dim, rope_frequencies, rope_inv_freq
 
 # What each RoPE scaling type reads, as transformers defines them ("ntk" and "yarn_pose" are this project's: fixed
 # NTK-aware scaling, and the official PoSE code's revised YaRN). A key outside this table is refused, never ignored:
@@ -92,12 +94,72 @@ HF_KEYS = {
 }
 
 
+# The families: what each Hugging Face model_type adds to or changes in LLaMA, in one table, as transformers 5 builds
+# them (a config.json without model_type is read as LLaMA's). Dropout rates (Qwen's attention_dropout, Phi-3's
+# resid_pdrop, embd_pdrop) are ignored: they change training only, and this project trains without dropout.
+QKV_BIAS = {f"model.layers.{{}}.self_attn.{p}_proj.bias": f"layers.{{}}.attention.w{p}.bias" for p in "qkv"}
+QK_NORM = {f"model.layers.{{}}.self_attn.{p}_norm.weight": f"layers.{{}}.attention.{p}_norm.weight" for p in "qk"}
+# Phi-3 fuses tensors: a tuple names ours whose rows it stacks, in order ([q; k; v] and [gate; up])
+PHI3_KEYS = {k: v for k, v in HF_KEYS.items() if not k.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight",
+                                                                 "gate_proj.weight", "up_proj.weight"))} | {
+    "model.layers.{}.self_attn.qkv_proj.weight": tuple(f"layers.{{}}.attention.w{p}.weight" for p in "qkv"),
+    "model.layers.{}.mlp.gate_up_proj.weight": ("layers.{}.feed_forward.w1.weight", "layers.{}.feed_forward.w3.weight"),
+}
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one Hugging Face model_type differs from LLaMA, read and written back (transformers' own classes decide)."""
+    name: str                 # in messages
+    architecture: str         # config.json's "architectures"
+    keys: dict                # its tensor names -> ours
+    flags: dict = field(default_factory=dict)     # model.py's ModelConfig flags it sets
+    allowed: dict = field(default_factory=dict)   # config.json entries its class reads -> the values model.py runs
+    window: str | None = None  # "all": sliding_window masks every layer; "qwen": only if use_sliding_window, on the
+                               # layers from max_window_layers on (or as layer_types says); None: it has none
+    rope_types: tuple | None = None  # the rope types its config class takes (None: all of transformers')
+    defaults: dict = field(default_factory=dict)  # entries its config class fills in when config.json has none
+    written: dict = field(default_factory=dict)   # entries config_to_hf writes for it
+
+
+NO_WINDOW = {"use_sliding_window": False, "sliding_window": None}
+FAMILIES = {
+    "llama": Family("LLaMA", "LlamaForCausalLM", HF_KEYS,
+                    allowed={"hidden_act": ("silu",), "attention_bias": (False,), "mlp_bias": (False,)},
+                    written={"attention_bias": False, "mlp_bias": False}),
+    "mistral": Family("Mistral", "MistralForCausalLM", HF_KEYS, allowed={"hidden_act": ("silu",)}, window="all",
+                      written={"sliding_window": None}),
+    "qwen2": Family("Qwen2", "Qwen2ForCausalLM", HF_KEYS | QKV_BIAS, {"qkv_bias": True},
+                    allowed={"hidden_act": ("silu",)}, window="qwen", written=NO_WINDOW),
+    "qwen3": Family("Qwen3", "Qwen3ForCausalLM", HF_KEYS | QK_NORM, {"qk_norm": True},  # its bias is on o too
+                    allowed={"hidden_act": ("silu",), "attention_bias": (False,)}, window="qwen",
+                    written=NO_WINDOW | {"attention_bias": False}),
+    "phi3": Family("Phi-3", "Phi3ForCausalLM", PHI3_KEYS, allowed={"hidden_act": ("silu",)}, window="all",
+                   rope_types=("longrope",), defaults={"original_max_position_embeddings": 4096},
+                   written={"sliding_window": None}),
+    "gemma": Family("Gemma", "GemmaForCausalLM", HF_KEYS, {"hidden_act": "gelu_tanh", "norm_offset": 1.0,
+                                                           "embed_scale": True},
+                    allowed={"hidden_act": ("gelu_pytorch_tanh", "gelu"),  # transformers reads gelu as tanh's
+                             "attention_bias": (False,), "use_bidirectional_attention": (False,)},
+                    written={"hidden_act": "gelu_pytorch_tanh", "attention_bias": False}),
+}
+
+
+def family(model_type):
+    """The Family of a config.json's model_type, or a ValueError naming it and the ones supported."""
+    if model_type not in FAMILIES:
+        raise ValueError(f"model_type {model_type!r} is not supported (supported: {', '.join(FAMILIES)})")
+    return FAMILIES[model_type]
+
+
 def _map_key(key, table):
     """Look a checkpoint key up in a table of '{}'-templated names; KeyError if it is not there."""
     parts = key.split(".")
     layer = next((p for p in parts if p.isdigit()), None)
     template = ".".join("{}" if p == layer else p for p in parts)
     target = table[template]
+    if isinstance(target, tuple):
+        return tuple(t.replace("{}", layer or "") for t in target)
     return None if target is None else target.replace("{}", layer or "")
 
 
@@ -128,9 +190,17 @@ def load_tensors(path):
 
 def config_from_hf(c):
     """Our ModelConfig from a Hugging Face config.json dict; ValueError for whatever would make another model."""
+    fam = family(c.get("model_type", "llama"))  # a config.json without one is read as LLaMA's, as it always was
+    c = fam.defaults | c
     rs = dict(c.get("rope_scaling") or c.get("rope_parameters") or {})  # the older key wins, as in transformers
     theta = c.get("rope_theta") or rs.get("rope_theta", 10000.0)
     kind, max_len = rs.get("rope_type", rs.get("type")), c.get("max_position_embeddings", 2048)
+    if fam.rope_types and kind in ("su", "yarn"):  # Phi-3's older names, which transformers reads as longrope
+        kind = rs["rope_type"] = "longrope"
+        rs.pop("type", None)
+    if fam.rope_types and kind not in (None, "default", *fam.rope_types):
+        raise ValueError(f"rope type {kind!r} is not {fam.name}'s (transformers takes only default, "
+                         f"{', '.join(fam.rope_types)})")
     if kind == "dynamic":  # transformers measures dynamic's growth from max_position_embeddings, and reads no L0
         if "original_max_position_embeddings" in rs:
             raise ValueError("rope type 'dynamic': transformers ignores 'original_max_position_embeddings' (it "
@@ -140,9 +210,10 @@ def config_from_hf(c):
         rs["original_max_position_embeddings"] = c["original_max_position_embeddings"]  # Phi-3's place; HF's choice
     if c.get("partial_rotary_factor", 1.0) != 1.0:
         rs["partial_rotary_factor"] = c["partial_rotary_factor"]  # refused below, with the key named
-    for key, ok in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False), ("sliding_window", None)):
-        if c.get(key, ok) != ok:
-            raise ValueError(f"{key} = {c[key]!r} is not LLaMA's ({ok!r}) and not supported")
+    for key, ok in fam.allowed.items():
+        if c.get(key) not in (None, *ok):
+            raise ValueError(f"{key} = {c[key]!r} is not {fam.name}'s ({ok[0]!r}) and not supported")
+    check_window(c, fam, max_len)
     rs = normalize_rope_scaling(rs, max_len)
     # L0: the scaling's own, else the top-level entry this project writes for every model it extends (plain RoPE
     # or fixed NTK keep no scaling dict to hold it), else derived from the scaling (ModelConfig)
@@ -151,35 +222,65 @@ def config_from_hf(c):
                        n_kv_heads=c.get("num_key_value_heads"), head_dim=c.get("head_dim"),
                        vocab_size=c["vocab_size"], hidden_dim=c["intermediate_size"],
                        norm_eps=c.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling=rs,
-                       max_seq_len=max_len, L0=L0, tie_embeddings=c.get("tie_word_embeddings", False))
+                       max_seq_len=max_len, L0=L0, tie_embeddings=c.get("tie_word_embeddings", False),
+                       model_type=c.get("model_type", "llama"), **fam.flags,
+                       token_ids={k: c[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in c})
+
+
+def check_window(c, fam, max_len):
+    """A sliding window that would mask some layer's attention within max_position_embeddings is refused (model.py
+    attends to the whole window); one transformers would not apply, or only past that length, is ignored, as the
+    exported model says (no window)."""
+    window = c.get("sliding_window")
+    if fam.window == "qwen":  # transformers drops the window unless use_sliding_window, then uses it from
+        window = window if c.get("use_sliding_window") else None  # max_window_layers on
+        layers = c.get("layer_types") or ["sliding_attention" if i >= c.get("max_window_layers", 28) else "full"
+                                          for i in range(c["num_hidden_layers"])]
+        window = window if "sliding_attention" in layers else None
+    if fam.window and window is not None and window < max_len:
+        raise ValueError(f"sliding_window = {window} is shorter than max_position_embeddings = {max_len}: a "
+                         f"{fam.name} model with a sliding window is not supported")
+
+
+def _fixed_divisors(cfg):
+    """cfg's RoPE as longrope with the same divisor for short and long: any scaling that does not change with the
+    length in use (linear, yarn, yarn_pose, llama3) is one; transformers runs it with our frequencies and factor."""
+    inv, att = rope_inv_freq(cfg)
+    divisors = (rope_frequencies(cfg.head_dim, cfg.rope_theta) / inv).tolist()
+    return {"rope_type": "longrope", "short_factor": divisors, "long_factor": divisors,
+            "factor": cfg.rope_scaling["factor"], "attention_factor": att, "original_max_position_embeddings": cfg.L0}
 
 
 def config_to_hf(cfg):
+    """The config.json of cfg's family (its model_type) that transformers reads as cfg, L0 recorded for every rope
+    type; a ValueError if the family's config class cannot express cfg's RoPE scaling."""
+    fam = family(cfg.model_type)
     rs, theta, max_len = dict(cfg.rope_scaling or {}), cfg.rope_theta, cfg.max_seq_len
-    if rs.get("rope_type") == "ntk":     # fixed NTK is plain RoPE with a larger base
+    kind = rs.get("rope_type")
+    if kind == "ntk":     # fixed NTK is plain RoPE with a larger base
         theta, rs = cfg.rope_theta * rs["alpha"] ** (cfg.head_dim / (cfg.head_dim - 2)), {}
-    elif rs.get("rope_type") == "dynamic":  # HF reads L0 from max_position_embeddings for dynamic
+    elif kind == "dynamic" and fam.rope_types and kind not in fam.rope_types:
+        raise ValueError(f"rope type 'dynamic' cannot be written as {fam.name} (transformers takes only default, "
+                         f"{', '.join(fam.rope_types)}; dynamic changes with the length in use): choose another")
+    elif kind == "dynamic":  # HF reads L0 from max_position_embeddings for dynamic
         max_len = rs.pop("original_max_position_embeddings", max_len)
-    elif rs.get("rope_type") == "yarn_pose":  # transformers has no such type, but longrope with fixed divisors is it
-        inv, att = rope_inv_freq(cfg)
-        divisors = (1.0 / (inv * cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))).tolist()
-        rs = {"rope_type": "longrope", "short_factor": divisors, "long_factor": divisors, "factor": rs["factor"],
-              "attention_factor": att, "original_max_position_embeddings": cfg.L0}
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+    elif kind == "yarn_pose" or (kind and fam.rope_types and kind not in fam.rope_types):
+        rs = _fixed_divisors(cfg)  # transformers has no yarn_pose, Phi3Config no linear, yarn or llama3
+    return {"architectures": [fam.architecture], "model_type": cfg.model_type, "hidden_act": "silu",
             "hidden_size": cfg.dim, "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
             "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size,
             "intermediate_size": cfg.hidden_dim, "rms_norm_eps": cfg.norm_eps, "rope_theta": theta,
             "rope_scaling": rs or None, "max_position_embeddings": max_len,
             "original_max_position_embeddings": cfg.L0,  # L0 for every rope type (transformers reads it as YaRN's)
-            "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False, "mlp_bias": False,
-            "torch_dtype": "float32"}
+            "tie_word_embeddings": cfg.tie_embeddings, "torch_dtype": "float32"} | fam.written | (cfg.token_ids or {})
 
 
 # config.json entries and the types they must have (bool is refused where a number is meant: JSON's true is not 4096)
 HF_TYPES = {"hidden_size": int, "num_hidden_layers": int, "num_attention_heads": int, "num_key_value_heads": int,
             "head_dim": int, "vocab_size": int, "intermediate_size": int, "max_position_embeddings": int,
             "original_max_position_embeddings": int, "rms_norm_eps": (int, float), "rope_theta": (int, float),
-            "tie_word_embeddings": bool, "rope_scaling": dict, "rope_parameters": dict}
+            "tie_word_embeddings": bool, "rope_scaling": dict, "rope_parameters": dict, "model_type": str,
+            "sliding_window": int, "use_sliding_window": bool, "layer_types": list}
 
 
 def read_json(path):
@@ -244,15 +345,15 @@ def _read_hf(path):
         files = [f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).exists()][:1]
     if not files:
         raise FileNotFoundError(f"{path}: no model.safetensors, pytorch_model.bin or shard index found")
-    sd = {}
+    sd, keys = {}, FAMILIES[cfg.model_type].keys
     for f in files:
         for k, v in load_tensors(path / f).items():
             try:
-                k = _map_key(k, HF_KEYS)
+                ours = _map_key(k, keys)
             except KeyError:
-                raise ValueError(f"{path / f}: unexpected key {k!r}") from None
-            if k is not None:
-                sd[k] = v
+                raise ValueError(f"{path / f}: unexpected key {k!r} for {cfg.model_type}") from None
+            if ours is not None:
+                sd[ours] = v
     return cfg, sd
 
 
@@ -317,6 +418,12 @@ def from_pretrained(path, max_seq_len=None, dtype=torch.float32):
             sd[k] = _merge_shards(k, [x[k] for x in parts], expected[k])
             if k.endswith(("attention.wq.weight", "attention.wk.weight")):
                 sd[k] = _permute_meta_qk(sd[k], cfg.n_heads if k.endswith("wq.weight") else cfg.n_kv_heads)
+    for names in [k for k in sd if isinstance(k, tuple)]:  # a fused tensor (Phi-3): our tensors' rows, stacked
+        fused, rows = sd.pop(names), [expected[n][0] if n in expected else 0 for n in names]
+        if fused.dim() != 2 or fused.shape[0] != sum(rows):
+            raise ValueError(f"{path}: the fused tensor of {', '.join(names)} has shape {tuple(fused.shape)}, not "
+                             f"{' + '.join(map(str, rows))} rows")
+        sd.update(zip(names, fused.split(rows)))
     if cfg.tie_embeddings:
         sd.setdefault("output.weight", sd.get("tok_embeddings.weight"))
     for k, shape in expected.items():
@@ -343,6 +450,22 @@ def _merge_shards(key, shards, shape):
                      f"into {tuple(shape)}")
 
 
+def hf_state_dict(cfg, state):
+    """Our state dict under cfg's family's names, fused tensors stacked again (a tied lm_head is not written: HF
+    rebuilds it from the embedding); a ValueError names a tensor the family has no name for."""
+    out, used = {}, {"output.weight"} if cfg.tie_embeddings else set()
+    for hf, ours in FAMILIES[cfg.model_type].keys.items():
+        if ours is None or (cfg.tie_embeddings and ours == "output.weight"):
+            continue
+        for i in range(cfg.n_layers) if "{}" in hf else [""]:
+            names = [n.replace("{}", str(i)) for n in (ours if isinstance(ours, tuple) else (ours,))]
+            out[hf.replace("{}", str(i))] = torch.cat([state[n] for n in names]) if len(names) > 1 else state[names[0]]
+            used.update(names)
+    if set(state) - used:
+        raise ValueError(f"{sorted(set(state) - used)[0]!r} has no name in a {cfg.model_type} checkpoint")
+    return out
+
+
 def save_pretrained(model, path, state_dict=None, dtype=None, tokenizer_files=()):
     """Write a Hugging Face directory (config.json + model.safetensors) that transformers loads unchanged.
 
@@ -351,14 +474,11 @@ def save_pretrained(model, path, state_dict=None, dtype=None, tokenizer_files=()
     Each file is written to a temporary name and renamed, so a crash never leaves a half-written file."""
     from safetensors.torch import save_file
     path = Path(path)
+    state = model.state_dict() if state_dict is None else state_dict
+    config = config_to_hf(model.cfg)  # first: a scaling the family cannot express is refused before anything is written
+    sd = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in hf_state_dict(model.cfg, state).items()}
+    config |= {"torch_dtype": str(next(iter(sd.values())).dtype).removeprefix("torch.")}
     path.mkdir(parents=True, exist_ok=True)
-    ours_to_hf = {v: k for k, v in HF_KEYS.items() if v is not None}
-    sd = {}
-    for k, v in (model.state_dict() if state_dict is None else state_dict).items():
-        if k == "output.weight" and model.cfg.tie_embeddings:
-            continue  # tied: HF rebuilds lm_head from the embedding
-        sd[_map_key(k, ours_to_hf)] = v.detach().to("cpu", dtype or v.dtype).contiguous()
-    config = config_to_hf(model.cfg) | {"torch_dtype": str(next(iter(sd.values())).dtype).removeprefix("torch.")}
     files = [("model.safetensors", lambda f: save_file(sd, f, metadata={"format": "pt"})),
              ("config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2)))]
     files += [(Path(t).name, lambda f, t=t: shutil.copyfile(t, f)) for t in tokenizer_files]

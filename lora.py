@@ -43,13 +43,15 @@ def add_lora(model, rank, alpha, targets, train_embeddings=False, train_norms=Fa
 
 
 def merge_lora(sd, rank, alpha):
-    """A full state dict with LoRA adapters -> the plain LLaMA one, each B·A·(alpha / rank) folded into its weight
+    """A full state dict with LoRA adapters -> the plain model's, each B·A·(alpha / rank) folded into its weight
     (a state dict without adapters comes back as it is)."""
     scale, out = alpha / max(rank, 1), {}
     for k, v in sd.items():
         if k.endswith(".base.weight"):
             stem = k[:-len(".base.weight")]
             out[stem + ".weight"] = v + (sd[stem + ".B"] @ sd[stem + ".A"]).to(v.dtype) * scale
+        elif k.endswith(".base.bias"):  # a biased projection (Qwen2's q, k, v): the bias is the base's, unchanged
+            out[k[:-len(".base.bias")] + ".bias"] = v
         elif not k.endswith((".A", ".B")):
             out[k] = v
     return out

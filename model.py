@@ -2,10 +2,12 @@
 
 Read it top to bottom: config -> RoPE and its scalings -> RMSNorm -> attention -> MLP -> block -> the model. The one thing PoSE needs from a model is `forward(idx, pos)`: every row of a batch carries its own, possibly
 skipped, integer positions, and cos/sin are computed per row. RoPE uses Hugging Face's rotate-half layout (dim i is
-paired with dim i + head_dim/2); reading and writing checkpoints (HF and Meta) is checkpoint.py's job.
+paired with dim i + head_dim/2); reading and writing checkpoints (HF and Meta) is checkpoint.py's job. The few ways
+Qwen2, Qwen3 and Gemma differ from LLaMA are flags in ModelConfig, each off by default: LLaMA's path is unchanged.
 """
 import math
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -41,6 +43,14 @@ class ModelConfig:
                                        # original_max_position_embeddings, max_seq_len / factor for linear, else
                                        # max_seq_len (a model that was never extended)
     tie_embeddings: bool = False
+    # How other families differ from LLaMA, one flag each (checkpoint.py sets them from a Hugging Face config.json):
+    qkv_bias: bool = False             # Qwen2 / Qwen2.5: biases on the q, k and v projections
+    qk_norm: bool = False              # Qwen3: an RMSNorm over each head's q and k before RoPE, to steady attention
+    hidden_act: str = "silu"           # Gemma: "gelu_tanh", the MLP gated by tanh-approximated GELU (GeGLU)
+    norm_offset: float = 0.0           # Gemma: its norms scale by (1 + w) and store w, so 1.0
+    embed_scale: bool = False          # Gemma: embeddings times sqrt(dim), in their own dtype
+    model_type: str = "llama"          # the Hugging Face family it was read from, written back as that
+    token_ids: dict | None = None      # its config.json's bos / eos / pad token ids, written back unchanged
 
     def __post_init__(self):
         self.n_kv_heads = self.n_kv_heads or self.n_heads
@@ -56,6 +66,7 @@ class ModelConfig:
         assert remembered in (None, self.L0), f"L0={self.L0} but the RoPE scaling remembers {remembered}"
         assert self.n_heads % self.n_kv_heads == 0, f"n_heads {self.n_heads} not a multiple of n_kv_heads {self.n_kv_heads}"
         assert self.head_dim % 2 == 0, f"head_dim must be even for RoPE, got {self.head_dim}"
+        assert self.hidden_act in ("silu", "gelu_tanh"), f"hidden_act {self.hidden_act!r}: expected silu or gelu_tanh"
 
 
 # ----------------------------------------------------------------------------- RoPE and its scalings
@@ -206,30 +217,38 @@ def apply_rope(x, cos, sin):
 
 # ----------------------------------------------------------------------------- the transformer
 class RMSNorm(nn.Module):
-    def __init__(self, dim, eps):
+    def __init__(self, dim, eps, offset=0.0):
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.offset = eps, offset
+        self.weight = nn.Parameter(torch.ones(dim) - offset)  # a scale of 1 either way
 
     def forward(self, x):
         xf = x.float()  # the variance in float32, as LLaMA does, then back to the input dtype
-        return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.offset:  # Gemma scales in float32 and rounds once, where LLaMA rounds before scaling
+            return ((self.offset + self.weight.float()) * normed).type_as(x)
+        return self.weight * normed.type_as(x)
 
 
 class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.nh, self.nkv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, self.nh * self.hd, bias=False)
-        self.wk = nn.Linear(cfg.dim, self.nkv * self.hd, bias=False)
-        self.wv = nn.Linear(cfg.dim, self.nkv * self.hd, bias=False)
+        self.wq = nn.Linear(cfg.dim, self.nh * self.hd, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.dim, self.nkv * self.hd, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.dim, self.nkv * self.hd, bias=cfg.qkv_bias)
         self.wo = nn.Linear(self.nh * self.hd, cfg.dim, bias=False)
+        self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm:  # one weight of head_dim each, shared by every head
+            self.q_norm, self.k_norm = RMSNorm(self.hd, cfg.norm_eps), RMSNorm(self.hd, cfg.norm_eps)
 
     def forward(self, x, cos, sin, cache=None):
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.nh, self.hd).transpose(1, 2)   # (B, nh, T, hd)
         k = self.wk(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
         v = self.wv(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)                      # each head's vector, over hd
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         P = 0
         if cache is not None:  # a list [k, v] this layer owns; keys are cached already rotated
@@ -250,17 +269,18 @@ class MLP(nn.Module):
         self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # gate
         self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # up
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)  # down
+        self.act = F.silu if cfg.hidden_act == "silu" else partial(F.gelu, approximate="tanh")
 
     def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(self.act(self.w1(x)) * self.w3(x))
 
 
 class Block(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.norm_offset)
         self.attention = Attention(cfg)
-        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.norm_offset)
         self.feed_forward = MLP(cfg)
 
     def forward(self, x, cos, sin, cache=None):
@@ -273,7 +293,7 @@ class LLaMA(nn.Module):
         super().__init__()
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.norm_offset)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
@@ -324,6 +344,8 @@ class LLaMA(nn.Module):
         assert pos.shape == (B, T), f"pos has shape {tuple(pos.shape)}, expected {(B, T)} or {(T,)}"
         cos, sin = (t.unsqueeze(1) for t in self.rope(pos))  # (B, 1, T, hd), broadcast over heads
         x = self.tok_embeddings(idx)                        # (B, T, dim)
+        if self.cfg.embed_scale:
+            x = x * torch.tensor(self.cfg.dim ** 0.5, dtype=x.dtype)
         for i, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, cos, sin, use_reentrant=False)

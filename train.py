@@ -29,8 +29,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import pose
-from checkpoint import (claim_run_folder, from_pretrained, last_good, latest_checkpoint, load_tensors, open_log,
-                        raw_model, save_checkpoint, save_model, weights_finite)
+from checkpoint import (claim_run_folder, config_to_hf, from_pretrained, last_good, latest_checkpoint, load_tensors,
+                        open_log, raw_model, save_checkpoint, save_model, weights_finite)
 from config import heads, in_range, non_negative, one_of, parse_config, positive
 from eval import perplexity
 from lora import add_lora
@@ -246,6 +246,7 @@ def build_model(cfg, state):
     if cfg.rope_type != "keep":
         model.extend_context(cfg.Lt, cfg.rope_type, L0=cfg.L0, factor=cfg.rope_factor, beta_fast=cfg.yarn_beta_fast,
                              beta_slow=cfg.yarn_beta_slow)
+        config_to_hf(model.cfg)  # a scaling the model's family cannot be saved with is refused now, not after training
     elif cfg.Lt > model.cfg.max_seq_len:
         print(f"warning: --Lt={cfg.Lt} is beyond the model's max_seq_len={model.cfg.max_seq_len} and rope_type=keep "
               "leaves its RoPE as it is: positions past it are trained without interpolation (PoSE alone); "

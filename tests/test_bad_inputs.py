@@ -12,6 +12,7 @@ import torch
 import prepare
 import train
 from checkpoint import save_pretrained
+from model import LLaMA, ModelConfig
 from test_reliability import ROOT, TINY, fill, listing, run_main, tiny_cfg, tiny_model, ws  # noqa: F401 (a fixture)
 from tokenizer import WEB_BPE, load_tokenizer
 
@@ -79,6 +80,9 @@ def bad(ws):  # noqa: F811 (test_reliability's fixture, imported above)
     with torch.no_grad():
         nan.norm.weight[0] = float("nan")
     save_pretrained(nan, ws / "nan_weights")
+    torch.manual_seed(0)
+    save_pretrained(LLaMA(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=4096, max_seq_len=32,
+                                      model_type="phi3")), ws / "phi3")
     # model folders, damaged
     for name, change in {"hf_str": {"hidden_size": "64"}, "hf_float": {"num_hidden_layers": 2.5},
                          "hf_bool": {"vocab_size": True}, "hf_zero": {"max_position_embeddings": 0},
@@ -88,7 +92,14 @@ def bad(ws):  # noqa: F811 (test_reliability's fixture, imported above)
                          "hf_theta_nan": {"rope_theta": float("nan")}, "hf_theta_neg": {"rope_theta": -1.0},
                          "hf_eps_neg": {"rms_norm_eps": -1e-6},
                          "hf_factor_nan": {"rope_scaling": {"rope_type": "linear", "factor": float("nan")}},
-                         "hf_no_size": {"hidden_size": "DROP"}, "hf_act": {"hidden_act": "gelu"}}.items():
+                         "hf_no_size": {"hidden_size": "DROP"}, "hf_act": {"hidden_act": "gelu"},
+                         "hf_olmo2": {"model_type": "olmo2"},
+                         "hf_phi3_window": {"model_type": "phi3", "sliding_window": 16},
+                         "hf_qwen2_window": {"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 16,
+                                             "max_window_layers": 1},
+                         "hf_qwen3_bias": {"model_type": "qwen3", "attention_bias": True},
+                         "hf_phi3_partial": {"model_type": "phi3", "partial_rotary_factor": 0.75},
+                         "hf_phi3_keys": {"model_type": "phi3"}}.items():
         hf_copy(ws, name, change)
     hf_copy(ws, "hf_not_json", text=b'{"hidden_size": 64,')
     hf_copy(ws, "hf_array", text=b"[64, 2]")
@@ -153,6 +164,14 @@ HF_ERRORS = {  # a damaged config.json (ws/NAME) -> the rest of the message afte
     "hf_not_json": r"not valid JSON \(.*\)",
     "hf_array": r"expected a JSON object, got a list",
     "hf_latin1": r"not UTF-8 text \(invalid continuation byte\)",
+    "hf_olmo2": r"model_type 'olmo2' is not supported \(supported: llama, mistral, qwen2, qwen3, phi3, gemma\)",
+    "hf_phi3_window": r"sliding_window = 16 is shorter than max_position_embeddings = 32: a Phi-3 model with a sliding "
+                      r"window is not supported",
+    "hf_qwen2_window": r"sliding_window = 16 is shorter than max_position_embeddings = 32: a Qwen2 model with a "
+                       r"sliding window is not supported",
+    "hf_qwen3_bias": r"attention_bias = True is not Qwen3's \(False\) and not supported",
+    "hf_phi3_partial": r"rope type 'default': 'partial_rotary_factor' is not implemented here \(expected only "
+                       r"rope_theta\)",
 }
 # id: (script and arguments, the last line of stderr as a regular expression, a path where no file may change)
 # {ws}: the fixture's folder, {run}: a fresh out_dir for this case
@@ -327,6 +346,13 @@ CASES = {
                                                    r"'weight_map' of tensor names to shard files in .*", "{run}"),
     "train: weights that are not finite": (TRAIN + ["--init_from={ws}/nan_weights"],
                                            ERR + r"{ws}/nan_weights: its weights are not all finite", "{ws}/nan_weights"),
+    "train: weights that are not their model_type's": (TRAIN + ["--init_from={ws}/hf_phi3_keys"],
+                                                        ERR + r"{ws}/hf_phi3_keys/model\.safetensors: unexpected key "
+                                                              r"'model\.layers\.0\.[a-z_.]+' for phi3", "{run}"),
+    "train: a scaling the family cannot be written with": (TRAIN + ["--init_from={ws}/phi3", "--rope_type=dynamic"],
+                                                           ERR + r"rope type 'dynamic' cannot be written as Phi-3 "
+                                                                 r"\(transformers takes only default, longrope; .*\): "
+                                                                 r"choose another", "{run}"),
     **{f"train: config.json {name}": (TRAIN + [f"--init_from={{ws}}/{name}"],
                                       ERR + rf"{{ws}}/{name}/config\.json: {why}", "{run}")
        for name, why in HF_ERRORS.items()},
