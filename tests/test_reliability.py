@@ -241,7 +241,8 @@ CASES = {
                                  r"error: unknown config key 'lerning_rate' \(python train.py -h lists them\)",
                                  "{run}"),
     "out_dir cannot be written": (TRAIN[:2] + ["--out_dir={ws}/file.txt/run"] + TRAIN[3:],
-                                  r"error: \[Errno 20\] Not a directory: '{ws}/file.txt/run'", "{ws}/file.txt"),
+                                  r"error: --out_dir={ws}/file.txt/run: expected a folder that can be written "
+                                  r"\({ws}/file.txt is not a folder this process can write in\)", "{ws}/file.txt"),
     "pickle that runs code (model)": (TRAIN + ["--init_from={ws}/evil"],
                                       r"error: {ws}/evil/pytorch_model.bin: refused or unreadable as a weights-only "
                                       r"checkpoint \(UnpicklingError: Trying to load unsupported GLOBAL posix.mkdir "
@@ -281,7 +282,8 @@ CASES = {
         r"error: 20 tokens is too short for the passkey template \(\d+ without filler\)", "{run}"),
     "eval: out folder cannot be written": (EVAL[:2] + ["--out={ws}/file.txt/results"] + EVAL[3:]
                                            + ["--models={ws}/good"],
-                                           r"error: \[Errno 20\] Not a directory: '{ws}/file.txt/results'",
+                                           r"error: --out={ws}/file.txt/results: expected a folder that can be "
+                                           r"written \({ws}/file.txt is not a folder this process can write in\)",
                                            "{ws}/file.txt"),
     "prepare: empty corpus": (["prepare.py", "--out={run}", "{ws}/empty.txt"],
                               r"prepare.py: error: train: no documents in {ws}/empty.txt", "{run}"),
