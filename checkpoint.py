@@ -491,7 +491,8 @@ def open_log(out_dir, resume):
     path = os.path.join(out_dir, "log.jsonl")
     if os.path.islink(path):
         raise ValueError(f"{path} is a symbolic link: a run writes only into its own files")
-    nofollow = lambda name, flags: os.open(name, flags | os.O_NOFOLLOW, 0o644)  # noqa: E731 (open()'s opener)
+    def nofollow(name, flags):  # open()'s opener
+        return os.open(name, flags | os.O_NOFOLLOW, 0o644)
     return open(path, "ab" if resume else "wb", buffering=0, opener=nofollow)
 
 
@@ -526,15 +527,13 @@ def latest_checkpoint(out_dir):
 def complete_checkpoint(path):
     """Whether `path` is a whole checkpoint: a real folder with its config.json and model.safetensors, and a
     train_state.pt that loads (it is written last)."""
-    if os.path.islink(path) or not all(os.path.isfile(os.path.join(path, f)) for f in CHECKPOINT_FILES):
+    files = ("config.json", "model.safetensors", "train_state.pt")
+    if os.path.islink(path) or not all(os.path.isfile(os.path.join(path, f)) for f in files):
         return False
     try:
         return isinstance(load_tensors(os.path.join(path, "train_state.pt")), dict)
     except ValueError:
         return False
-
-
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "train_state.pt")
 
 
 def _replace(tmp, path):

@@ -2,7 +2,6 @@
 as JSON, markdown and plots.
 
     python eval.py --models=base=out/tiny_base/final,pose=out/tiny_pose/final --lengths=128,256,512,1024
-        # -> out/eval: ppl.json, ppl.md, ppl.png ...; a folder that holds another evaluation's results is refused
     python eval.py --models=DIR --data=books/,more.jsonl --tokenizer=gpt2:DIR --stride=1024 --lengths=2048,4096
     python eval.py -h                                                 # every option
 
@@ -347,8 +346,7 @@ def eval_memory(cfg, what, L):
     rows = max(1, cfg.batch_tokens // L)
     fix = (f"lower --batch_tokens={cfg.batch_tokens}" if rows > 1 else
            f"one window of {L} tokens is the least a pass holds: evaluate shorter lengths, or on more memory")
-    return out_of_memory(f"evaluating {what} {L} tokens ({rows} window{'s' * (rows > 1)} of up to {L} tokens a "
-                         "pass)", fix)
+    return out_of_memory(f"evaluating {what} {L} tokens, up to {rows} window{'s' * (rows > 1)} a pass", fix)
 
 
 def plots_dir(cfg):

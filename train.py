@@ -313,7 +313,7 @@ def window_name(cfg):
 
 def step_memory(cfg, step):
     """Memory that runs out in a training step as one line naming the batch that asked for it (util.out_of_memory)."""
-    return out_of_memory(f"in step {step} (batch_size={cfg.batch_size} rows of {window_name(cfg)} tokens)",
+    return out_of_memory(f"in step {step}, batch_size={cfg.batch_size} rows of {window_name(cfg)} tokens",
                          "lower --batch_size (a higher --grad_accum keeps the batch) or set --grad_checkpointing=true")
 
 
@@ -541,6 +541,8 @@ if __name__ == "__main__":
         sys.exit(f"error: {e}")
     except MemoryError as e:  # a step's or an evaluation's (step_memory): the run keeps its last checkpoint
         sys.exit(f"error: {e}; stopped, the last good checkpoint is {last_good(cfg.out_dir)}")
-    except (Interrupted, KeyboardInterrupt) as e:
-        print(str(e) or f"interrupted; --init_from=resume continues from {last_good(cfg.out_dir)}", file=sys.stderr)
+    except (Interrupted, KeyboardInterrupt) as e:  # Interrupted after its step's checkpoint; a second signal at once
+        latest = latest_checkpoint(cfg.out_dir)
+        print(str(e) or (f"stopped; --init_from=resume continues from {latest}" if latest else
+                         "stopped before the first checkpoint: the same command starts the run again"), file=sys.stderr)
         sys.exit(exit_status())
