@@ -294,15 +294,16 @@ def load_data(cfg):
 
 
 def check_memory(model, cfg, device):
-    """A batch whose activations cannot fit is refused before training: every block keeps its input, rows × T × dim
-    float32 values, for the backward pass (with gradient checkpointing too), so a step needs at least that times
-    n_layers + 1 -- far from all it needs, but sure. What this misses, the step itself says (step_memory)."""
-    T = pose.window_len(cfg.method, cfg.Lc, cfg.Lt) - 1
-    need, have = cfg.batch_size * T * model.cfg.dim * 4 * (model.cfg.n_layers + 1), memory_total(device)
+    """A batch whose activations cannot fit is refused before training: every block and the final norm keep their
+    input, rows × T × dim values, for the backward pass (with gradient checkpointing too), so a step needs at least
+    that many bytes times n_layers + 1 (4 a value, 2 with any bfloat16 or float16) -- far from all it needs, but
+    sure. What this misses, the step itself says (step_memory)."""
+    T, size = pose.window_len(cfg.method, cfg.Lc, cfg.Lt) - 1, 4 if cfg.dtype == cfg.base_dtype == "float32" else 2
+    need, have = cfg.batch_size * T * model.cfg.dim * size * (model.cfg.n_layers + 1), memory_total(device)
     if need > have:
         raise ValueError(f"--batch_size={cfg.batch_size} rows of {window_name(cfg)} tokens: a step keeps at least "
-                         f"{need / 2**30:,.1f} GiB of activations (rows × tokens × dim {model.cfg.dim} × 4 bytes × "
-                         f"{model.cfg.n_layers + 1}), more than the {have / 2**30:.1f} GiB this process can have on "
+                         f"{need / 2**30:,.1f} GiB of activations (rows × tokens × dim {model.cfg.dim} × {size} bytes "
+                         f"× {model.cfg.n_layers + 1}), more than the {have / 2**30:.1f} GiB this process can have on "
                          f"{device}: lower batch_size (a higher grad_accum keeps the batch)")
 
 

@@ -151,12 +151,17 @@ def signal_name():
 
 
 def memory_total(device):
-    """The bytes this process can have on `device`: a GPU's memory; on a CPU the machine's, or less where an
-    address-space limit (RLIMIT_AS) or the container's cgroup (memory.max) allows less."""
+    """The bytes this process can have on `device`: a GPU's memory; on a CPU the machine's memory and swap, or less
+    where an address-space limit (RLIMIT_AS) or the container's cgroup (memory.max) allows less."""
     if device.startswith("cuda"):
         import torch
         return torch.cuda.get_device_properties(device).total_memory
-    limits = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
+    try:
+        with open("/proc/meminfo") as f:
+            info = {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f if ":" in line)}
+        limits = [info["MemTotal"] + info.get("SwapTotal", 0)]
+    except (OSError, KeyError, ValueError):  # not Linux
+        limits = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
     if resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY:
         limits.append(resource.getrlimit(resource.RLIMIT_AS)[0])
     try:
