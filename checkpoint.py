@@ -80,10 +80,13 @@ def normalize_rope_scaling(rs, max_seq_len):
 
 def check_rope_types(rs):
     """A ValueError naming the first rope_scaling value of the wrong type (JSON's "32" is not 32, nor true 1): a
-    number where the formulas compute with one, a length, a flag, or per-dimension numbers."""
+    number where the formulas compute with one, a length, a flag, or per-dimension numbers; null is "not given", as
+    in transformers (its default, or REQUIRED's refusal)."""
     def number(v):  # its range is checked where it is used
         return isinstance(v, (int, float)) and not isinstance(v, bool)
     for key, v in rs.items():
+        if v is None:
+            continue
         if key in ("short_factor", "long_factor"):
             ok, expected = isinstance(v, list) and v != [] and all(map(number, v)), "a list of numbers"
         elif key == "truncate":

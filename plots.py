@@ -197,7 +197,7 @@ def plot_coverage(curves, Lc, path, title="Relative-position coverage"):
 
 @dataclass
 class PlotConfig:
-    results: str = "results"           # eval.py's output folder (ppl.json, passkey.json)
+    results: str = "results"           # an eval.py --out folder (ppl.json, passkey.json)
     logs: str = "out"                  # every LOGS/*/log.jsonl is a training run
     bench: str = "results/bench.json"  # bench.py's results; part b holds {method: {Lt: {"mem_gib", "step_s"}}}
     out: str = "plots"
