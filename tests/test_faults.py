@@ -29,10 +29,16 @@ from tokenizer import load_tokenizer
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def limited(argv, limit, what=resource.RLIMIT_FSIZE, timeout=120):
-    """`python ARGV` under a resource limit: the CompletedProcess."""
+def limited(argv, file_size=None, memory=None, timeout=120):
+    """`python ARGV` with a file-size limit, or with `memory` bytes of address space above what the child holds once
+    torch is imported (a CUDA build maps far more than a CPU one): the CompletedProcess."""
+    if memory:
+        argv = ["-c", "import resource, runpy, sys, torch, util; n = util.proc_status('VmSize') + " + str(memory) +
+                "; resource.setrlimit(resource.RLIMIT_AS, (n, n)); sys.argv = " + repr(list(map(str, argv))) +
+                "; runpy.run_path(sys.argv[0], run_name='__main__')"]
+    limit = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))) if file_size else None
     return subprocess.run([sys.executable, *map(str, argv)], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=lambda: resource.setrlimit(what, (limit, limit)))
+                          timeout=timeout, preexec_fn=limit)
 
 
 def last_line(r):
@@ -54,7 +60,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_names_the_file(ws, tmp_path, 
     out = tmp_path / "run"
     train.train(tiny_cfg(ws, tmp_path / "first", max_steps=1, eval_docs=0))  # this process keeps its lock: a copy
     shutil.copytree(tmp_path / "first", out, ignore=shutil.ignore_patterns(".lock"))
-    r = limited(train_argv(ws, out, "--init_from=resume", "--max_steps=3"), 4_000_000)
+    r = limited(train_argv(ws, out, "--init_from=resume", "--max_steps=3"), file_size=4_000_000)
     assert r.returncode == 1 and last_line(r) == (f"error: {out}/ckpt_0000002/train_state.pt: could not be written "
                                                   f"(File too large); the last good checkpoint is {out}/ckpt_0000001")
     assert latest_checkpoint(out) == str(out / "ckpt_0000001") and temporaries(out) == []
@@ -74,10 +80,11 @@ def test_a_full_disk_leaves_the_prepared_split_and_the_figure_that_were_there(tm
     prepare.write_split([("a", "In the beginning God created the heaven and the earth.")], tok, tmp_path, "train")
     (tmp_path / "coverage.png").write_bytes(b"the figure that was there")
     before = listing(tmp_path)
-    r = limited(["prepare.py", f"--out={tmp_path}"], 1_000_000)
+    r = limited(["prepare.py", f"--out={tmp_path}"], file_size=1_000_000)
     assert r.returncode == 2 and last_line(r) == (f"prepare.py: error: {tmp_path}/train.bin: could not be written "
                                                   "(File too large)")
-    r = limited(["pose.py", "--Lc=8", "--Lt=32", "--n_samples=10", f"--out={tmp_path / 'coverage.png'}"], 20_000)
+    r = limited(["pose.py", "--Lc=8", "--Lt=32", "--n_samples=10", f"--out={tmp_path / 'coverage.png'}"],
+                file_size=20_000)
     assert r.returncode == 1 and last_line(r) == f"error: {tmp_path}/coverage.png: could not be written (File too large)"
     assert listing(tmp_path) == before and temporaries(tmp_path) == []
     assert prepare.TokenDataset(tmp_path, "train").meta["n_docs"] == 1
@@ -124,11 +131,12 @@ def test_sigterm_to_reproduce_stops_its_runs_at_a_checkpoint_and_names_them(tmp_
 
 # ----------------------------------------------------------------------------- memory, and a start that failed
 def test_a_batch_beyond_memory_is_one_line_and_the_same_folder_starts_again(ws, tmp_path, capfd, monkeypatch):
-    """8192 rows of 32 tokens (about 5 GB of activations) under a 2 GiB address-space limit: the CPU allocator's
-    refusal ends the run with one line naming batch_size, the window and the memory asked for. The folder, holding
-    only the log of that failed start, takes the command again with a batch that fits (resume says why it cannot)."""
+    """8192 rows of 32 tokens (about 5 GB of activations) with 1.5 GiB of address space to spare: the CPU
+    allocator's refusal ends the run with one line naming batch_size, the window and the memory asked for. The
+    folder, holding only the log of that failed start, takes the command again with a batch that fits (resume says
+    why it cannot)."""
     out = tmp_path / "run"
-    r = limited(train_argv(ws, out, "--batch_size=8192", "--max_steps=2"), 2 * 2**30, resource.RLIMIT_AS)
+    r = limited(train_argv(ws, out, "--batch_size=8192", "--max_steps=2"), memory=3 * 2**29)
     assert r.returncode == 1 and re.fullmatch(
         r"error: out of memory in step 1, batch_size=8192 rows of Lc=32 tokens \(asked for \d+\.\d\d GiB more\): lower "
         r"--batch_size \(a higher --grad_accum keeps the batch\) or set --grad_checkpointing=true; stopped, the last "
