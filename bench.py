@@ -27,7 +27,7 @@ from config import int_list, parse_config, writable
 from measure import GiB, check_shared, header, in_fresh_process, machine, paired_median, setup, timed
 from prepare import TokenDataset
 from train import TrainConfig, get_batch, load_model
-from util import markdown, memory_now, memory_peak
+from util import atomic_open, markdown, memory_now, memory_peak, on_signals
 
 @dataclass
 class BenchConfig:
@@ -145,9 +145,9 @@ def main(bc, command):
     res = {"b": bench_pose_vs_full(bc, device) | {"command": command, "machine": machine(device),
                                                   "options": asdict(bc)}}
     os.makedirs(bc.out, exist_ok=True)
-    with open(os.path.join(bc.out, "bench.json"), "w") as f:
+    with atomic_open(os.path.join(bc.out, "bench.json")) as f:
         json.dump(res, f, indent=1)
-    with open(os.path.join(bc.out, "bench.md"), "w") as f:
+    with atomic_open(os.path.join(bc.out, "bench.md")) as f:
         f.write(render(res))
     plots.plot_memory_time({m: res["b"][m] for m in ("pose", "full")}, os.path.join(bc.plots, "memory_time.png"))
     print("\n" + render(res))
@@ -156,7 +156,10 @@ def main(bc, command):
 
 if __name__ == "__main__":
     cfg = parse_config(BenchConfig, sys.argv[1:], __doc__)
+    on_signals()  # SIGTERM as Ctrl-C; a file-size limit as a full disk
     try:  # missing or damaged data, documents shorter than a window: one line, not a traceback
         main(cfg, "python " + " ".join(sys.argv))
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: nothing written (the results are written once measured)")

@@ -52,7 +52,7 @@ from config import heads, in_range, int_list, parse_config, writable
 from measure import GiB, check_shared, header, in_fresh_process, machine, paired_median, setup, timed
 from model import LLaMA, ModelConfig
 from train import TrainConfig, load_model
-from util import markdown, memory_now, memory_peak
+from util import atomic_open, markdown, memory_now, memory_peak, on_signals
 
 GPU_SHAPES = {  # TinyLlama-1.1B with the paper's 2k window, 16k target and a 32k evaluation; a toy of its form
     "tinyllama": dict(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, hidden_dim=5632, vocab_size=32000,
@@ -435,10 +435,10 @@ def write(res, out):
                 stored = json.load(f)
         stored |= {k: v for k, v in res.items() if (k == "gpu") == gpu}
         if stored:
-            with open(path, "w") as f:
+            with atomic_open(path) as f:  # whole or not at all: it holds the other parts' results too
                 json.dump(stored, f, indent=1)
         merged |= stored
-    with open(os.path.join(out, "bench_engineering.md"), "w") as f:
+    with atomic_open(os.path.join(out, "bench_engineering.md")) as f:
         f.write(render(merged))
     return merged
 
@@ -458,4 +458,11 @@ def main(ec, command):
 
 
 if __name__ == "__main__":
-    main(parse_config(EngineeringConfig, sys.argv[1:], __doc__), "python " + " ".join(sys.argv))
+    cfg = parse_config(EngineeringConfig, sys.argv[1:], __doc__)
+    on_signals()  # SIGTERM as Ctrl-C; a file-size limit as a full disk
+    try:  # a result that cannot be written (a full disk): one line, and the parts written before are whole
+        main(cfg, "python " + " ".join(sys.argv))
+    except OSError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the parts measured before are written, each file whole")

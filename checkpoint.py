@@ -17,8 +17,10 @@ import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,7 @@ import torch.distributed as dist
 
 from lora import merge_lora
 from model import ROPE_TYPES, LLaMA, ModelConfig, llama_ffn_dim, rope_frequencies, rope_inv_freq
+from util import WriteError, atomic_path, umask, write_failed
 
 # What each RoPE scaling type reads, as transformers defines them ("ntk" and "yarn_pose" are this project's: fixed
 # NTK-aware scaling, and the official PoSE code's revised YaRN). A key outside this table is refused, never ignored:
@@ -64,6 +67,7 @@ def normalize_rope_scaling(rs, max_seq_len):
     for key in REQUIRED.get(kind, ()):
         if not isinstance(rs.get(key), (int, float, list)):
             raise ValueError(f"rope type {kind!r} needs {key!r}, got {rs.get(key)!r}")
+    check_rope_types(rs)
     if kind == "default":
         return None
     if "original_max_position_embeddings" in ROPE_KEYS[kind]:
@@ -74,6 +78,27 @@ def normalize_rope_scaling(rs, max_seq_len):
     if kind != "longrope" and (not isinstance(rs[key], (int, float)) or not 1 <= rs[key] < math.inf):
         raise ValueError(f"rope type {kind!r} needs {key!r} >= 1, got {rs[key]!r}")
     return rs
+
+
+def check_rope_types(rs):
+    """A ValueError naming the first rope_scaling value of the wrong type (JSON's "32" is not 32, nor true 1): a
+    number where the formulas compute with one, a length, a flag, or per-dimension numbers; null is "not given", as
+    in transformers (its default, or REQUIRED's refusal)."""
+    def number(v):  # its range is checked where it is used
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    for key, v in rs.items():
+        if v is None:
+            continue
+        if key in ("short_factor", "long_factor"):
+            ok, expected = isinstance(v, list) and v != [] and all(map(number, v)), "a list of numbers"
+        elif key == "truncate":
+            ok, expected = isinstance(v, bool), "true or false"
+        elif key == "original_max_position_embeddings":
+            ok, expected = number(v) and isinstance(v, int) and v >= 1, "a positive integer"
+        else:
+            ok, expected = key == "rope_type" or number(v), "a number"
+        if not ok:
+            raise ValueError(f"rope_scaling.{key} = {v!r}: expected {expected}")
 
 
 # Hugging Face names -> ours ("{}" is the layer number, None: dropped). Ours are Meta's, so Meta needs no map.
@@ -472,26 +497,66 @@ def save_pretrained(model, path, state_dict=None, dtype=None, tokenizer_files=()
     `state_dict` (default: the model's) lets a caller save weights it gathered or merged itself; `dtype` casts
     them (e.g. bfloat16 to ship); `tokenizer_files` are copied beside them, so that the folder is a whole model.
     Each file is written to a temporary name and renamed, so a crash never leaves a half-written file."""
-    from safetensors.torch import save_file
     path = Path(path)
     state = model.state_dict() if state_dict is None else state_dict
     config = config_to_hf(model.cfg)  # first: a scaling the family cannot express is refused before anything is written
     sd = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in hf_state_dict(model.cfg, state).items()}
     config |= {"torch_dtype": str(next(iter(sd.values())).dtype).removeprefix("torch.")}
     path.mkdir(parents=True, exist_ok=True)
-    files = [("model.safetensors", lambda f: save_file(sd, f, metadata={"format": "pt"})),
+    files = [("model.safetensors", lambda f: _save_safetensors(sd, f)),
              ("config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2)))]
     files += [(Path(t).name, lambda f, t=t: shutil.copyfile(t, f)) for t in tokenizer_files]
-    umask = _umask()
     for name, write in files:
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
-        os.close(fd)
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # after writing (safetensors makes its file anew): mkstemp's 0600 would hide it
-        fd = os.open(tmp, os.O_RDONLY)  # on disk before the rename: a power cut leaves the old file or the new one
-        os.fsync(fd)
-        os.close(fd)
-        os.replace(tmp, path / name)
+        with atomic_path(path / name) as tmp:  # a full disk: one line naming the file, no temporary left
+            write(tmp)
+
+
+def _save_safetensors(sd, path):
+    """safetensors' save_file; a write the disk refuses is the OSError it was (safetensors raises its own
+    SafetensorError, "... I/O error: No space left on device (os error 28)")."""
+    from safetensors.torch import save_file
+    try:
+        save_file(sd, path, metadata={"format": "pt"})
+    except Exception as e:
+        if type(e).__name__ != "SafetensorError":
+            raise
+        code = re.search(r"os error (\d+)", str(e))
+        raise (OSError(int(code[1]), os.strerror(int(code[1]))) if code else OSError(str(e))) from e
+
+
+class _Writes:
+    """A file's write(), keeping the OSError that torch.save reports only as a RuntimeError without its cause
+    ("unexpected pos 704 vs 598")."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
+def _torch_save(obj, path):
+    """torch.save to `path`, synced to disk; a write the disk refuses is one WriteError naming the file."""
+    try:
+        with open(path, "wb") as f:
+            writes = _Writes(f)
+            try:
+                torch.save(obj, writes)
+            except RuntimeError:
+                if writes.error is None:
+                    raise
+                raise writes.error from None
+            f.flush()
+            os.fsync(f.fileno())  # on disk before its folder is renamed into place (as save_pretrained's files)
+    except OSError as e:
+        raise write_failed(path, e) from e
 
 
 # ----------------------------------------------------------------------------- a run's folder and its checkpoints
@@ -506,73 +571,138 @@ _HELD = {}  # out_dir (real path) -> the file descriptor of its lock, held by th
 
 def claim_run_folder(out_dir, resume):
     """Lock out_dir for this process's life, or a ValueError naming the run that holds it; a fresh run (not resume)
-    into a folder with an earlier run's files is refused too."""
+    into a folder with an earlier run's files is refused too, but not into one that only holds the log of a start
+    that stopped before its first checkpoint."""
     if os.path.islink(out_dir):
         raise ValueError(f"{out_dir} is a symbolic link: a run writes only into a real folder")
     earlier = sorted(n for n in (os.listdir(out_dir) if os.path.isdir(out_dir) else ())
                      if n in RUN_FILES or n.startswith("ckpt_"))
+    if earlier == ["log.jsonl"]:  # the log of a start that failed before its first checkpoint: there is nothing to
+        earlier = []              # continue, so the same command may start again (its log begins anew)
     if earlier and not resume:
         raise ValueError(f"{out_dir} holds an earlier run ({', '.join(earlier)}); --init_from=resume continues it, "
                          "or choose another out_dir")
     os.makedirs(out_dir, exist_ok=True)
-    if os.path.realpath(out_dir) in _HELD:  # this process's own earlier run (one that raised): let it go
-        os.close(_HELD.pop(os.path.realpath(out_dir)))
-    fd = os.open(os.path.join(out_dir, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the kernel however the process ends
-    except BlockingIOError:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise ValueError(f"{out_dir} is in use by another run (pid {holder}); wait for it, or choose another "
-                         "out_dir") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    _HELD[os.path.realpath(out_dir)] = fd
+    lock_folder(out_dir)
     for name in os.listdir(out_dir):  # half-written temporaries of a run that was killed: only the lock's holder
         if name.startswith((".ckpt_", ".final.", ".latest.")):  # writes them, and that is now this process
             _remove(os.path.join(out_dir, name))
 
 
+def lock_folder(folder, who="run", option="out_dir"):
+    """Lock `folder` (it exists) for this process's life, or a ValueError naming the process that holds it: a flock
+    on folder/.lock, which holds the holder's pid and which the kernel releases however the process ends."""
+    if os.path.realpath(folder) in _HELD:  # this process's own earlier run (one that raised): let it go
+        os.close(_HELD.pop(os.path.realpath(folder)))
+    fd = os.open(os.path.join(folder, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ValueError(f"{folder} is in use by another {who} (pid {holder}); wait for it, or choose another "
+                         f"{option}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _HELD[os.path.realpath(folder)] = fd
+
+
 def open_log(out_dir, resume):
-    """out_dir/log.jsonl for appending (resume) or as a new file, never through a symbolic link."""
+    """out_dir/log.jsonl for appending (resume) or as a new file, never through a symbolic link; unbuffered, so that
+    each record is on its way to disk when log_record returns."""
     path = os.path.join(out_dir, "log.jsonl")
     if os.path.islink(path):
         raise ValueError(f"{path} is a symbolic link: a run writes only into its own files")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if resume else os.O_TRUNC)
-    return os.fdopen(os.open(path, flags, 0o644), "w")
+    def nofollow(name, flags):  # open()'s opener
+        return os.open(name, flags | os.O_NOFOLLOW, 0o644)
+    return open(path, "ab" if resume else "wb", buffering=0, opener=nofollow)
+
+
+def log_record(log, record):
+    """Append one JSON line to a run's log (open_log's file). A write the disk refuses is one WriteError naming the
+    file, and the log is cut back to its whole lines, which every reader of it can parse."""
+    data, end = (json.dumps(record) + "\n").encode(), os.lseek(log.fileno(), 0, os.SEEK_END)
+    try:
+        while data:
+            data = data[log.write(data):]
+    except OSError as e:
+        os.ftruncate(log.fileno(), end)
+        raise write_failed(log.name, e) from e
 
 
 def latest_checkpoint(out_dir):
-    """The folder out_dir/latest names (the last checkpoint whose every file was on disk), or None."""
+    """The folder out_dir/latest names (the last checkpoint whose every file was on disk); where `latest` is missing
+    -- a crash between a first checkpoint's rename and the pointer's, or a hand that deleted it -- the newest
+    complete checkpoint there (complete_checkpoint); None if there is none."""
     try:
         with open(os.path.join(out_dir, "latest")) as f:
             return os.path.join(out_dir, f.read().strip())
     except (FileNotFoundError, NotADirectoryError):
-        return None
+        pass
+    names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
+    for name in sorted((n for n in names if re.fullmatch(r"ckpt_\d{7}", n)), reverse=True):
+        if complete_checkpoint(os.path.join(out_dir, name)):
+            return os.path.join(out_dir, name)
+    return None
 
 
-def _umask():
-    umask = os.umask(0)  # read it (the only way is to set it), then put it back
-    os.umask(umask)
-    return umask
+def complete_checkpoint(path):
+    """Whether `path` is a whole checkpoint: a real folder with its config.json and model.safetensors, and a
+    train_state.pt that loads (it is written last)."""
+    files = ("config.json", "model.safetensors", "train_state.pt")
+    if os.path.islink(path) or not all(os.path.isfile(os.path.join(path, f)) for f in files):
+        return False
+    try:
+        return isinstance(load_tensors(os.path.join(path, "train_state.pt")), dict)
+    except ValueError:
+        return False
 
 
 def _replace(tmp, path):
     """Move the finished tmp (a file or folder) to path, removing what was there (a link itself, not its target);
     it gets the mode any new file or folder would (mkdtemp and mkstemp make them private)."""
-    os.chmod(tmp, (0o777 if os.path.isdir(tmp) else 0o666) & ~_umask())
+    os.chmod(tmp, (0o777 if os.path.isdir(tmp) else 0o666) & ~umask())
     if os.path.isdir(tmp) or (os.path.isdir(path) and not os.path.islink(path)):
         _remove(path)  # a folder cannot be renamed over another; a file replaces its old self in one step
     os.replace(tmp, path)
 
 
 def _write_atomic(path, text):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    _replace(tmp, path)
+    """`text` as the file `path`, written aside and renamed into place; a write the disk refuses is one WriteError
+    naming `path`, and leaves no temporary."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        _replace(tmp, path)
+    except BaseException as e:
+        if tmp:
+            _remove(tmp)
+        if isinstance(e, OSError):
+            raise write_failed(path, e) from e
+        raise
+
+
+@contextmanager
+def _aside(path, out_dir):
+    """A fresh temporary folder in out_dir for the block to write `path` (a checkpoint, final/) into, renamed into
+    place when the block ends; if the block fails it is removed, and a write the disk refused is one WriteError
+    naming the file by the name it was to have and the run's last good checkpoint, which is still its latest."""
+    tmp = None
+    try:
+        tmp = tempfile.mkdtemp(dir=out_dir, prefix=f".{os.path.basename(path)}.")
+        yield tmp
+        _replace(tmp, path)
+    except BaseException as e:
+        if tmp:
+            _remove(tmp)
+        if not isinstance(e, OSError):
+            raise
+        why = str(write_failed(path, e)).replace(tmp, path) if tmp else str(write_failed(path, e))
+        raise WriteError(f"{why}; the last good checkpoint is {last_good(out_dir)}") from e
 
 
 def raw_model(model):
@@ -613,9 +743,9 @@ def save_model(model, cfg, path, tok_files=()):
     _refuse_nonfinite(model, cfg.out_dir, "at the end of training")
     sd, _ = full_state(model)
     if not dist.is_initialized() or dist.get_rank() == 0:
-        tmp = tempfile.mkdtemp(dir=cfg.out_dir, prefix=f".{os.path.basename(path)}.")
-        save_pretrained(raw_model(model), tmp, merge_lora(sd, cfg.lora_rank, cfg.lora_alpha), tokenizer_files=tok_files)
-        _replace(tmp, path)
+        with _aside(path, cfg.out_dir) as tmp:
+            save_pretrained(raw_model(model), tmp, merge_lora(sd, cfg.lora_rank, cfg.lora_alpha),
+                            tokenizer_files=tok_files)
 
 
 def save_checkpoint(model, optimizer, scaler, step, rng, cfg, base_from, tok_files=()):
@@ -628,17 +758,18 @@ def save_checkpoint(model, optimizer, scaler, step, rng, cfg, base_from, tok_fil
     if dist.is_initialized() and dist.get_rank() != 0:
         return
     name = f"ckpt_{step:07d}"
-    tmp = tempfile.mkdtemp(dir=cfg.out_dir, prefix=f".{name}.")
-    save_pretrained(raw_model(model), tmp, merge_lora(model_sd, cfg.lora_rank, cfg.lora_alpha), tokenizer_files=tok_files)
     trained = {k for k, p in raw_model(model).named_parameters() if p.requires_grad}
-    with open(os.path.join(tmp, "train_state.pt"), "wb") as f:
-        torch.save({"trained": {k: v for k, v in model_sd.items() if k in trained} if cfg.lora_rank else {},
-                    "optimizer": optim_sd, "scaler": scaler.state_dict(), "step": step, "base_from": base_from,
-                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "config": asdict(cfg)}, f)
-        f.flush()
-        os.fsync(f.fileno())  # on disk before the directory is renamed into place (as save_pretrained's files)
-    _replace(tmp, os.path.join(cfg.out_dir, name))
-    _write_atomic(os.path.join(cfg.out_dir, "latest"), name)
+    with _aside(os.path.join(cfg.out_dir, name), cfg.out_dir) as tmp:
+        save_pretrained(raw_model(model), tmp, merge_lora(model_sd, cfg.lora_rank, cfg.lora_alpha),
+                        tokenizer_files=tok_files)
+        _torch_save({"trained": {k: v for k, v in model_sd.items() if k in trained} if cfg.lora_rank else {},
+                     "optimizer": optim_sd, "scaler": scaler.state_dict(), "step": step, "base_from": base_from,
+                     "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "config": asdict(cfg)},
+                    os.path.join(tmp, "train_state.pt"))
+    try:
+        _write_atomic(os.path.join(cfg.out_dir, "latest"), name)
+    except WriteError as e:
+        raise WriteError(f"{e}; the last good checkpoint is {last_good(cfg.out_dir)}") from e
     old = sorted(d for d in os.listdir(cfg.out_dir) if d.startswith("ckpt_") and d != name)
     for d in old[:max(len(old) - cfg.keep_checkpoints + 1, 0)]:
         _remove(os.path.join(cfg.out_dir, d))

@@ -104,6 +104,10 @@ def _bad(name, value, expected):
     return ValueError(f"--{name}={value}: expected {expected}")
 
 
+def _finite(v):
+    return isinstance(v, int) or math.isfinite(v)  # an int is, however long (math.isfinite overflows past 1e308)
+
+
 def positive(cfg, *names):
     """Counts that must be at least 1."""
     for name in names:
@@ -115,14 +119,14 @@ def non_negative(cfg, *names):
     """Counts, intervals and rates that may be 0 (usually 'none' or 'off') but not negative, inf or nan."""
     for name in names:
         v = getattr(cfg, name)
-        if not (math.isfinite(v) and v >= 0):
+        if not (_finite(v) and v >= 0):
             raise _bad(name, v, "a finite number >= 0")
 
 
 def in_range(cfg, name, lo, hi, expected):
     """A finite number in [lo, hi]."""
     v = getattr(cfg, name)
-    if not (math.isfinite(v) and lo <= v <= hi):
+    if not (_finite(v) and lo <= v <= hi):
         raise _bad(name, v, expected)
 
 

@@ -31,12 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from checkpoint import from_pretrained, read_hf_config
-from config import int_list, non_negative, one_of, parse_config, positive
+from checkpoint import from_pretrained, lock_folder, read_hf_config, weights_finite
+from config import int_list, non_negative, one_of, parse_config, positive, writable
 from passkey import passkey_prompt
+from pose import MAX_LT
 from prepare import TokenDataset, read_documents
 from tokenizer import check_vocabulary, load_tokenizer, own_tokenizer, same_tokenizer, start_id
-from util import check_device, markdown, pick_device
+from util import atomic_open, check_device, exit_status, markdown, on_signals, out_of_memory, pick_device
 
 PASSKEY_MODES = ("generate", "teacher", "both")
 
@@ -62,8 +63,9 @@ class EvalConfig:
     passkey_mode: str = "generate"      # generate (greedy, KV cache) | teacher (batched forward passes) | both
     seed: int = 0                       # the passkeys drawn
     max_seq_len: int = 0                # Meta checkpoints only, which do not record it: their pretraining length
-    out: str = "results"
-    plots: str = "plots"                # where the figures go; "": none
+    out: str = "out/eval"               # the results' folder (ppl.json, ppl.md ...): one that holds another
+                                        # evaluation's is refused, never written over
+    plots: str = "auto"                 # where the figures go: auto (the --out folder), another folder, or "" (none)
     device: str = "auto"
     dtype: str = "float32"              # the weights' dtype: float32 | bfloat16 | float16
 
@@ -72,6 +74,10 @@ class EvalConfig:
         if not self.models or len({n for n, _ in model_specs(self.models)}) != len(self.models.split(",")):
             raise ValueError(f"--models={self.models}: expected comma-separated folders, each name used once")
         lengths = int_list("lengths", self.lengths, lo=2)
+        for name in ("lengths", "passkey_lengths"):
+            if max(int_list(name, getattr(self, name) or self.lengths)) > MAX_LT:
+                raise ValueError(f"--{name}={getattr(self, name)}: expected lengths of at most 2^24 = {MAX_LT} (RoPE "
+                                 "computes with float32 positions, exact only that far)")
         if self.stride < 0 or self.stride > min(lengths):
             raise ValueError(f"--stride={self.stride}: expected 0 (= each window) up to the shortest length "
                              f"{min(lengths)}")
@@ -90,6 +96,7 @@ class EvalConfig:
         one_of(self, "passkey_mode", PASSKEY_MODES)
         one_of(self, "dtype", ("float32", "bfloat16", "float16"))
         check_device(self.device)
+        writable(self, "out", *(("plots",) if self.plots not in ("", "auto") else ()))
 
 
 def progress_bar(items, desc, out=sys.stderr):
@@ -277,37 +284,44 @@ def evaluate_models(cfg, progress=True):
     pk_lengths = [int(x) for x in (cfg.passkey_lengths or cfg.lengths).split(",")]
     depths = [float(x) for x in cfg.passkey_depths.split(",")]
     specs = model_specs(cfg.models)
+    claim_outputs(cfg)
     docs, tok, source = load_docs(cfg, specs[0][1])
-    # what would fail after hours of perplexity fails now: a passkey length too short for the template, a model that
-    # is missing or not the tokenizer's (Meta folders are checked once loaded), an output folder that cannot be made
+    # what would fail after hours of perplexity fails now: a passkey length too short for the template, a length no
+    # document holds, a model that is missing, not the tokenizer's, unreadable or not finite, an output folder that
+    # holds another evaluation or is in use
     for L in pk_lengths if cfg.passkey_trials else []:
         passkey_prompt(tok, L, 0.0, 10_000)
+    longest = max((len(d) - (len(d) > 0 and d[0] == start_id(tok)) for d in docs), default=0)
+    for L in lengths:
+        if longest < L:  # as perplexity() scores them
+            raise ValueError(f"no document is long enough for a {L}-token window")
     for _, path in specs:
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path}: no such model folder")
         if os.path.exists(os.path.join(path, "config.json")):
             check_vocabulary(read_hf_config(path).vocab_size, path, tok)
-    os.makedirs(cfg.out, exist_ok=True)
-    if cfg.plots:
-        os.makedirs(cfg.plots, exist_ok=True)
+    for _, path in specs:  # each loaded once now, then again in its turn: a load is short beside an evaluation
+        load_model(cfg, path, tok)
+    claim_outputs(cfg, lock=True)
     distance = key_distances(tok, pk_lengths, depths) if cfg.passkey_trials else {}
     cells = passkey_cells(distance, cfg.passkey_far)
     ppl, keys, disagree = {}, {}, {}
     for name, path in specs:
-        model = from_pretrained(path, cfg.max_seq_len or None, getattr(torch, cfg.dtype)).to(device).eval()
-        check_vocabulary(model.cfg.vocab_size, path, tok)
+        model = load_model(cfg, path, tok).to(device).eval()
         L0, Lt = model.cfg.L0, model.cfg.max_seq_len
         print(f"{name}: {path}, L0 = {L0}, Lt = {Lt}, rope scaling {model.cfg.rope_scaling}")
         res = {}
         for L in lengths:
             cut = [d[:max(cfg.max_tokens, L) + 1] for d in docs] if cfg.max_tokens else docs
-            res[L] = perplexity(model, cut, L, bos_id=start_id(tok), stride=cfg.stride, truncate=cfg.truncate,
-                                batch_tokens=cfg.batch_tokens, device=device, progress=progress)
+            with eval_memory(cfg, f"{name}'s perplexity at", L):
+                res[L] = perplexity(model, cut, L, bos_id=start_id(tok), stride=cfg.stride, truncate=cfg.truncate,
+                                    batch_tokens=cfg.batch_tokens, device=device, progress=progress)
         print(f"{name}: perplexity " + ", ".join(f"@{L}: {r['ppl']:.3f}" for L, r in res.items()))
         ppl[name] = {"path": path, "L0": L0, "Lt": Lt, "ppl": res}
         if cfg.passkey_trials:
-            keys[name], disagree[name] = passkey_accuracy(model, tok, cells, cfg.passkey_trials, cfg.seed,
-                                                          cfg.passkey_mode, device, cfg.batch_tokens)
+            with eval_memory(cfg, f"{name}'s passkeys up to", max(pk_lengths)):
+                keys[name], disagree[name] = passkey_accuracy(model, tok, cells, cfg.passkey_trials, cfg.seed,
+                                                              cfg.passkey_mode, device, cfg.batch_tokens)
             print(f"{name}: passkey " + ", ".join(
                 f"@{L}: {np.mean(list(a.values())):.0%}" + ("" if beyond(keys[name], distance, L0, L) is None else
                                                              f" ({beyond(keys[name], distance, L0, L):.0%} beyond L0)")
@@ -318,36 +332,88 @@ def evaluate_models(cfg, progress=True):
     return ppl, keys
 
 
+def load_model(cfg, path, tok):
+    """A model to evaluate, on the CPU: the tokenizer's, and with finite weights, as train.py requires of a model."""
+    model = from_pretrained(path, cfg.max_seq_len or None, getattr(torch, cfg.dtype))
+    check_vocabulary(model.cfg.vocab_size, path, tok)
+    if not weights_finite(model):
+        raise ValueError(f"{path}: its weights are not all finite")
+    return model
+
+
+def eval_memory(cfg, what, L):
+    """Memory that runs out in an evaluation as one line naming the length and the windows a pass holds."""
+    rows = max(1, cfg.batch_tokens // L)
+    fix = (f"lower --batch_tokens={cfg.batch_tokens}" if rows > 1 else
+           f"one window of {L} tokens is the least a pass holds: evaluate shorter lengths, or on more memory")
+    return out_of_memory(f"evaluating {what} {L} tokens, up to {rows} window{'s' * (rows > 1)} a pass", fix)
+
+
+def plots_dir(cfg):
+    """Where the figures go: the --out folder (plots=auto), another folder, or "" (none)."""
+    return cfg.out if cfg.plots == "auto" else cfg.plots
+
+
+def claim_outputs(cfg, lock=False):
+    """An output folder holds one evaluation, so that its tables and figures are of the same models and settings:
+    --out with another's results (its ppl.json, written last) is refused naming its models, as is --plots with
+    another's figures (its ppl.png: plots/ holds the README's). With lock, --out is made and locked for this
+    process's life (train.py's lock), so that a second evaluation into it meanwhile is refused naming this one."""
+    earlier = os.path.join(cfg.out, "ppl.json")
+    if os.path.exists(earlier):
+        try:
+            with open(earlier) as f:
+                models = " of " + ", ".join(json.load(f)["models"])
+        except (OSError, ValueError, KeyError, TypeError):
+            models = ""
+        raise ValueError(f"{cfg.out} holds an earlier evaluation{models} ({earlier}): choose another --out, or "
+                         "remove it")
+    figures = plots_dir(cfg)
+    if figures and os.path.realpath(figures) != os.path.realpath(cfg.out) and os.path.exists(
+            os.path.join(figures, "ppl.png")):
+        raise ValueError(f"--plots={cfg.plots} holds another evaluation's figures ({os.path.join(figures, 'ppl.png')}):"
+                         " choose another --plots, or --plots= for none")
+    if lock:
+        os.makedirs(cfg.out, exist_ok=True)
+        lock_folder(cfg.out, "evaluation", "--out")
+        claim_outputs(cfg)  # again, now that no other evaluation can write it
+        if figures:
+            os.makedirs(figures, exist_ok=True)
+
+
 def write_results(cfg, source, ppl, keys, distance=None, disagree=None):
+    """The tables, JSON and figures of an evaluation, each written whole or not at all (util.atomic_open), and
+    OUT/ppl.json last: its presence says the evaluation is complete."""
     import plots  # here, not at the top: train.py imports this file for perplexity() and needs no matplotlib
-    draw = bool(cfg.plots)  # --plots="": the numbers only
+    figures = plots_dir(cfg)
 
     def write(name, text):
-        with open(os.path.join(cfg.out, name), "w") as f:
+        with atomic_open(os.path.join(cfg.out, name)) as f:
             f.write(text)
     mode = "truncate" if cfg.truncate else f"sliding window, stride {cfg.stride or '= window'}"
     curves = {n: r["ppl"][cfg.position_len].pop("position") for n, r in ppl.items()} if cfg.position_len else {}
     for r in ppl.values():
         for v in r["ppl"].values():
             v.pop("position", None)
-    write("ppl.json", json.dumps({"protocol": {"data": source, "mode": mode, "max_tokens": cfg.max_tokens},
-                                  "models": ppl}, indent=1))
+    ppl_json = json.dumps({"protocol": {"data": source, "mode": mode, "max_tokens": cfg.max_tokens}, "models": ppl},
+                          indent=1)  # written last
     lengths = list(next(iter(ppl.values()))["ppl"])
     rows = [[name] + [f"{v:.2f}" if v < 1e4 else f"{v:.2e}" for v in (r["ppl"][L]["ppl"] for L in lengths)]
             for name, r in ppl.items()]
     write("ppl.md", f"Perplexity on {source}, {mode}, token-weighted.\n\n" + markdown(["model", *lengths], rows))
-    if draw:
+    if figures:
         plots.plot_perplexity({n: {L: v["ppl"] for L, v in r["ppl"].items()} for n, r in ppl.items()},
-                              os.path.join(cfg.plots, "ppl.png"), plots.context_marks(ppl), f"Perplexity on {source}")
+                              os.path.join(figures, "ppl.png"), plots.context_marks(ppl), f"Perplexity on {source}")
     if curves:
         n_windows = next(iter(ppl.values()))["ppl"][cfg.position_len]["windows"]
         write("position_loss.json", json.dumps({
             "protocol": {"data": source, "length": cfg.position_len, "windows": n_windows, "mode": mode},
             "models": curves}))
-        if draw:
-            plots.plot_position_loss(curves, os.path.join(cfg.plots, "position_loss.png"), plots.context_marks(ppl),
+        if figures:
+            plots.plot_position_loss(curves, os.path.join(figures, "position_loss.png"), plots.context_marks(ppl),
                                      n_windows)
     if not keys:
+        write("ppl.json", ppl_json)
         return
     write("passkey.json", json.dumps({"protocol": {"trials_per_length": cfg.passkey_trials, "mode": cfg.passkey_mode,
                                                   "far": cfg.passkey_far, "seed": cfg.seed},
@@ -359,16 +425,19 @@ def write_results(cfg, source, ppl, keys, distance=None, disagree=None):
     write("passkey.md", f"Passkey retrieval accuracy, {cfg.passkey_trials} trials per length, {cfg.passkey_mode}; "
           "the first rows give how many tokens back from the answer each key line starts.\n\n"
           + markdown(["model", "length"] + [f"depth {d:.0%}" for d in depths] + ["mean"], rows))
-    for name, acc in keys.items() if draw else ():
-        plots.plot_passkey(acc, os.path.join(cfg.plots, f"passkey_{name}.png"), f"Passkey retrieval: {name}")
+    for name, acc in keys.items() if figures else ():
+        plots.plot_passkey(acc, os.path.join(figures, f"passkey_{name}.png"), f"Passkey retrieval: {name}")
+    write("ppl.json", ppl_json)
 
 
 if __name__ == "__main__":
     cfg = parse_config(EvalConfig, sys.argv[1:], __doc__)
+    on_signals()  # SIGTERM as Ctrl-C; a file-size limit as a full disk
     print(json.dumps(asdict(cfg)))
     try:
         evaluate_models(cfg)
-    except (ValueError, OSError, ImportError) as e:  # a missing or bad model, data or length: one line, no traceback
-        sys.exit(f"error: {e}")
+    except (ValueError, OSError, ImportError, MemoryError) as e:  # a bad model, data or length, a full disk, too
+        sys.exit(f"error: {e}")                                    # little memory: one line, no traceback
     except KeyboardInterrupt:
-        sys.exit("interrupted: nothing written (results are written once every model is evaluated)")
+        print("interrupted: nothing written (results are written once every model is evaluated)", file=sys.stderr)
+        sys.exit(exit_status())

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure  # not pyplot: no global figure state, no backend to choose, PNG through Agg
 
+from util import atomic_path, on_signals
+
 SIZE = (7, 4.2)  # inches at 110 dpi: 770 px wide, readable at README width
 
 
@@ -37,9 +39,11 @@ def _marks(ax, marks, right_from):
 
 
 def _save(fig, path):
+    """The figure as `path`, written whole or not at all: a full disk ends in one line naming it, no cut-off PNG."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:  # the temporary's name has no extension: say which format
+        fig.savefig(tmp, dpi=110, format=os.path.splitext(path)[1][1:].lower() or "png")
 
 
 def plot_perplexity(ppl, path, marks=None, title="Perplexity vs evaluation length", spread=None):
@@ -237,7 +241,7 @@ def plot_rope_scalings(divisors, keep, turns, path, title="What each RoPE scalin
 
 @dataclass
 class PlotConfig:
-    results: str = "results"           # eval.py's output folder (ppl.json, passkey.json)
+    results: str = "results"           # an eval.py --out folder (ppl.json, passkey.json)
     logs: str = "out"                  # every LOGS/*/log.jsonl is a training run
     bench: str = "results/bench.json"  # bench.py's results; part b holds {method: {Lt: {"mem_gib", "step_s"}}}
     out: str = "plots"
@@ -334,7 +338,10 @@ def main(cfg):
 if __name__ == "__main__":
     from config import parse_config
     cfg = parse_config(PlotConfig, sys.argv[1:], __doc__)
+    on_signals()  # SIGTERM as Ctrl-C; a file-size limit as a full disk
     try:  # an input that is not what its script writes, a figure that cannot be written: one line, no traceback
         main(cfg)
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: every figure drawn so far is whole (each is written aside, then renamed)")

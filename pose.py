@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 
 DOC_CAP = 5  # the official code truncates documents to DOC_CAP·Lc tokens, which bounds the text skip v_i
+MAX_LT = 2**24  # the longest context: model.py's RoPE turns positions into float32, exact for integers up to 2^24
 METHODS = ("pose", "randpos", "full", "plain")
 TEXTS = ("skip", "contiguous", "aligned")
 
@@ -144,6 +145,9 @@ def check(Lc, Lt, method, num_chunks, text):
         raise ValueError(f"Lc={Lc}: the training window must hold at least one token")
     if Lt < Lc:
         raise ValueError(f"Lt={Lt} is shorter than Lc={Lc}")
+    if Lt > MAX_LT:
+        raise ValueError(f"Lt={Lt}: expected at most 2^24 = {MAX_LT} (RoPE computes with float32 positions, exact "
+                         "only that far)")
     if not 1 <= num_chunks <= Lc:
         raise ValueError(f"num_chunks={num_chunks} must be between 1 and Lc={Lc}")
 
@@ -261,5 +265,13 @@ if __name__ == "__main__":
     import sys
 
     from config import parse_config
+    from util import on_signals
 
-    demo(parse_config(CoverageDemo, sys.argv[1:]))
+    cfg = parse_config(CoverageDemo, sys.argv[1:])
+    on_signals()  # SIGTERM as Ctrl-C; a file-size limit as a full disk
+    try:  # a figure that cannot be written (a full disk): one line, no traceback
+        demo(cfg)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(f"interrupted: {cfg.out} was left as it was (it is written aside, then renamed)")

@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from tokenizer import load_tokenizer, start_id
+from util import atomic_open, exit_status, on_signals
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = {split: os.path.join(HERE, "data", "web", f"{split}.jsonl.gz") for split in ("train", "eval")}
@@ -118,17 +119,17 @@ def write_split(docs, tok, out, split, min_len=0, spec="", source=""):
     offsets = np.cumsum([0] + [len(ids) for ids in kept], dtype=np.int64)
     os.makedirs(out, exist_ok=True)
     prefix = os.path.join(out, split)
-    tokens = np.memmap(prefix + ".bin.tmp", dtype=dtype, mode="w+", shape=(int(offsets[-1]),))
-    tokens[:] = np.fromiter((t for ids in kept for t in ids), dtype=dtype, count=len(tokens))
-    tokens.flush()
-    with open(prefix + ".offsets.npy.tmp", "wb") as f:
-        np.save(f, offsets)
+    tokens = np.fromiter((t for ids in kept for t in ids), dtype=dtype, count=int(offsets[-1]))
     meta = dict(tokenizer=spec or tok.name, n_vocab=tok.n_vocab, dtype=np.dtype(dtype).name, n_docs=len(kept),
                 n_tokens=int(offsets[-1]), min_len=min_len, n_dropped=len(dropped), source=source)
-    with open(prefix + ".json.tmp", "w") as f:
-        json.dump(meta, f, indent=1)
-    for suffix in (".bin", ".offsets.npy", ".json"):  # written aside, then renamed: no half-written split is left
-        os.replace(prefix + suffix + ".tmp", prefix + suffix)
+    # all three written aside, then renamed (the tokens first, the description last): a full disk leaves the split
+    # that was there, no temporary, and one line naming the file. write(), not a memory map: a full disk refuses a
+    # map's pages with SIGBUS, which ends the process without a word.
+    with (atomic_open(prefix + ".json") as meta_file, atomic_open(prefix + ".offsets.npy", "wb") as offsets_file,
+          atomic_open(prefix + ".bin", "wb") as tokens_file):
+        tokens_file.write(tokens.data)
+        np.save(offsets_file, offsets)
+        json.dump(meta, meta_file, indent=1)
     text_bytes = sum(len(text.encode()) for _, text in docs)
     print(f"{split}: {len(kept)} documents, {offsets[-1]:,} tokens ({text_bytes / sum(map(len, encoded)):.2f} "
           f"bytes/token) -> {prefix}.bin in {time.time() - t0:.1f} s")
@@ -194,6 +195,7 @@ if __name__ == "__main__":
     parser.add_argument("--pack", type=int, help="cut documents at blank lines and pack the pieces into documents "
                         "of at least this many tokens (default: 1024 for the built-in training books, else 0: whole)")
     args = parser.parse_args()
+    on_signals()  # SIGTERM as Ctrl-C; a file-size limit as a full disk
     if args.min_len < 0 or (args.pack or 0) < 0:
         parser.error(f"--min_len={args.min_len} --pack={args.pack}: expected counts >= 0")
     if not args.split or os.sep in args.split or args.split.startswith("."):
@@ -215,4 +217,6 @@ if __name__ == "__main__":
     except (OSError, ValueError, ImportError) as e:
         parser.error(str(e))
     except KeyboardInterrupt:
-        sys.exit("interrupted: the split being written was left as it was (every split is written aside, then renamed)")
+        print("interrupted: the split being written was left as it was (each file is written aside, then renamed)",
+              file=sys.stderr)
+        sys.exit(exit_status())

@@ -33,6 +33,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -42,10 +43,10 @@ import torch
 
 import plots
 from checkpoint import from_pretrained, latest_checkpoint, load_tensors, save_pretrained
-from config import non_negative, parse_config, positive
+from config import non_negative, parse_config, positive, writable
 from eval import trials_per_depth
 from train import TrainConfig
-from util import markdown
+from util import SIGNALS, atomic_open, exit_status, markdown, on_signals, signal_name
 
 Lc, Lt, Lt64, Lt256 = 128, 1024, 8192, 32768
 SEED0 = 1337  # the first seed; the others follow it
@@ -137,26 +138,73 @@ class ReproConfig:
                              "(or remove this one yourself)")
         if not self.pretrain and not os.path.isfile(os.path.join(self.base, "model.safetensors")):
             raise ValueError(f"--base={self.base}: no model.safetensors there (--pretrain=true makes a base)")
+        writable(self, "out", "plots")  # what is written at the end is checked before any run starts
+        writable(self, "readme", file=True)
+        readme_section(self.readme)
 
 
 # ----------------------------------------------------------------------------- running jobs
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, once the jobs it stopped have stopped: which they were, and how to go on."""
+
+
 class Jobs:
-    """Commands run `workers` at a time, one CPU thread each, with a line per start and end on the console."""
+    """Commands run `workers` at a time, one CPU thread each, with a line per start and end on the console.
+
+    Each job runs in a session of its own, so that Ctrl-C at the terminal reaches it once, through stop(), which
+    main() makes the handler of SIGINT and SIGTERM: the signal is passed on to every running job (train.py writes a
+    checkpoint of its step and stops), no further job starts, and once the running ones have stopped run() raises
+    Stopped, naming them. A second signal is passed on too (the jobs stop at once, without that checkpoint)."""
 
     def __init__(self, workers):
         self.workers, self.env = workers, os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         self.ran = 0  # jobs run so far
+        self.running, self.stopped, self.left, self.signum, self.failed = {}, [], 0, None, False
+        self.lock = threading.RLock()  # reentrant: a second signal's handler may interrupt the first's
+
+    def stop(self, signum, frame=None):
+        """The handler of SIGINT and SIGTERM (see the class); with no job running, Stopped at once."""
+        SIGNALS.append(signum)
+        with self.lock:
+            self.signum = signum
+            for p in self.running.values():
+                p.send_signal(signum)
+            idle = not self.running
+        if idle:
+            raise Stopped(self.stopped_line())
+
+    def stopped_line(self):
+        """What a signal stopped, and how to go on."""
+        why = "interrupted" if signal_name() == "SIGINT" else f"stopped by {signal_name()}"
+        stopped = (f"{', '.join(self.stopped)} stopped (a run at a checkpoint of its step)" if self.stopped else
+                   "no job was running") + (f", {self.left} not started" if self.left else "")
+        return (f"{why}: {stopped}; finished runs and evaluations are kept, and python reproduce.py continues "
+                "(it resumes a stopped run from its checkpoint)")
 
     def run(self, jobs):
-        """jobs: [(label, argv, log file)]; stops at the first failure, naming its log."""
+        """jobs: [(label, argv, log file)]; stops at the first failure, naming its log, or at a signal (stop())."""
         t0, done = time.time(), []
 
         def one(job):
             label, argv, log = job
-            print(f"$ {' '.join(argv)}  > {log}", flush=True)
+            with self.lock:  # a signal now finds the job running, or keeps it from starting
+                if self.signum is not None:
+                    self.left += 1
+                if self.signum is not None or self.failed:
+                    return
+                print(f"$ {' '.join(argv)}  > {log}", flush=True)
+                f = open(log, "w")
+                p = self.running[label] = subprocess.Popen(argv, cwd=HERE, env=self.env, stdout=f,
+                                                           stderr=subprocess.STDOUT, start_new_session=True)
             start = time.time()
-            with open(log, "w") as f:
-                rc = subprocess.run(argv, cwd=HERE, env=self.env, stdout=f, stderr=subprocess.STDOUT).returncode
+            with f:
+                rc = p.wait()
+            with self.lock:
+                del self.running[label]
+                if rc and self.signum is not None:
+                    self.stopped.append(label)
+                    return
+                self.failed = self.failed or bool(rc)
             if rc:
                 raise RuntimeError(f"{label} failed (exit status {rc}): {tail(log)} (all of it: {log})")
             done.append(label)
@@ -167,6 +215,8 @@ class Jobs:
         with ThreadPoolExecutor(self.workers) as pool:
             for f in [pool.submit(one, j) for j in jobs]:
                 f.result()
+        if self.signum is not None:
+            raise Stopped(self.stopped_line())
 
 
 def tail(path):
@@ -193,8 +243,8 @@ def run_state(out_dir, args):
     wanted = asdict(parse_config(TrainConfig, [os.path.join(HERE, "configs", "tiny_pose.toml")]
                                  + [f"--{k}={v}" for k, v in args.items()]))
     latest = latest_checkpoint(out_dir)
-    if latest is None:
-        if os.path.isdir(out_dir) and any(n != "stdout.txt" for n in os.listdir(out_dir)):
+    if latest is None:  # a start that failed before its first checkpoint leaves its output, lock and log: new
+        if os.path.isdir(out_dir) and any(n not in ("stdout.txt", ".lock", "log.jsonl") for n in os.listdir(out_dir)):
             raise ValueError(f"{out_dir} holds files of another run: remove it or choose another --runs_dir")
         return "new"
     state = load_tensors(os.path.join(latest, "train_state.pt"))
@@ -637,14 +687,25 @@ def worst(verdicts):
     return next((v for v in ("FAIL", "no difference at this size") if v in verdicts), "PASS")
 
 
-def write_readme(path, section):
-    """Replace what lies between the README's result markers with `section`."""
-    with open(path) as f:
-        text = f.read()
+def readme_section(path):
+    """(the README's text, where its results section starts, where it ends): a ValueError naming the file if it
+    cannot be read or has no section between the markers (ReproConfig.check asks before any run starts)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--readme={path}: {getattr(e, 'strerror', None) or e}") from None
     start, end = text.find(MARKS[0]), text.find(MARKS[1])
     if start < 0 or end < start:
         raise ValueError(f"{path}: no {MARKS[0]} ... {MARKS[1]} section to write the results into")
-    with open(path, "w") as f:
+    return text, start, end
+
+
+def write_readme(path, section):
+    """Replace what lies between the README's result markers with `section`, written aside and renamed: a full disk
+    leaves the README as it was."""
+    text, start, end = readme_section(path)
+    with atomic_open(path) as f:
         f.write(text[:start] + f"{MARKS[0]}\n{section}" + text[end:])
 
 
@@ -734,6 +795,7 @@ def main(cfg):
     plan = [(r, seed, os.path.join(runs_dir, r.name, f"seed{seed}")) for r in RUNS
             if r.name in TWO_BY_TWO or not cfg.quick for seed in seeds_of(cfg, r)]  # (run, seed, its folder)
     jobs = Jobs(cfg.workers)
+    on_signals(jobs.stop)  # Ctrl-C and SIGTERM are passed on to the running jobs, which stop at a checkpoint
     if not os.path.exists(os.path.join(HERE, "data", "tok", "web-bpe4k", "train.bin")):
         jobs.run([("prepare", [sys.executable, "prepare.py"], os.path.join("data", "prepare.log"))])
     if cfg.pretrain:
@@ -789,7 +851,7 @@ def report(cfg, s, evals, tracks, minutes, t_train, reused=False):
         if before.get("command") == "python reproduce.py" + " --quick=true" * cfg.quick:
             minutes, t_train = before["minutes"], before["training_minutes"]
     os.makedirs(cfg.out, exist_ok=True)
-    with open(os.path.join(cfg.out, "summary.json"), "w") as f:
+    with atomic_open(os.path.join(cfg.out, "summary.json")) as f:
         json.dump({"command": "python reproduce.py" + " --quick=true" * cfg.quick, "minutes": minutes,
                    "training_minutes": t_train, "config": asdict(cfg),
                    "eval": {k: eval_args(cfg, k) for k in ("8x", "64x", "256x")},
@@ -837,10 +899,10 @@ def report(cfg, s, evals, tracks, minutes, t_train, reused=False):
                         f"needs at Lc." if memory else ""), "", far_table,
                      "![loss at every position to 32768](plots/position_loss_256x.png)", ""]),
     ]
-    with open(os.path.join(cfg.out, "table.md"), "w") as f:
+    with atomic_open(os.path.join(cfg.out, "table.md")) as f:
         f.write("\n\n".join([note, ppl_table, agree, key_table, reading, long_table, chunks, scaling_table,
                               steps_table, far_table]))
-    with open(os.path.join(cfg.out, "checks.md"), "w") as f:
+    with atomic_open(os.path.join(cfg.out, "checks.md")) as f:
         f.write(claims)
     os.makedirs(cfg.plots, exist_ok=True)
     figures(cfg, s, evals, tracks)
@@ -871,9 +933,12 @@ def notes(cfg, minutes, t_train):
 
 if __name__ == "__main__":
     cfg = parse_config(ReproConfig, sys.argv[1:], __doc__)
+    on_signals()  # until main() passes them on to its jobs: Ctrl-C and SIGTERM stop at once
     try:
         main(cfg)
     except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: finished runs and evaluations are kept; python reproduce.py continues from them")
+    except KeyboardInterrupt as e:  # Stopped says what was stopped
+        print(str(e) or "interrupted: finished runs and evaluations are kept; python reproduce.py continues from them",
+              file=sys.stderr)
+        sys.exit(exit_status())

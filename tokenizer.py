@@ -53,6 +53,10 @@ class TiktokenTokenizer:
         return self.enc.decode([int(i) for i in ids])  # also numpy or torch ids
 
 
+class DamagedTokenizer(ValueError):
+    """A tokenizer file that is there but does not parse: an error, where a folder without one is not."""
+
+
 class HFTokenizer:
     """A Hugging Face tokenizer.json (LLaMA-2, TinyLlama ...), through the optional `tokenizers` package."""
 
@@ -61,7 +65,10 @@ class HFTokenizer:
             from tokenizers import Tokenizer
         except ImportError:
             raise ImportError(f"{path}: reading tokenizer.json needs `pip install tokenizers`") from None
-        self.tok = Tokenizer.from_file(path)
+        try:
+            self.tok = Tokenizer.from_file(path)
+        except Exception as e:  # the library raises a bare Exception ("expected value at line 1 column 1")
+            raise DamagedTokenizer(f"{path}: not a tokenizer the tokenizers library can read ({e})") from None
         self.name = "hf-" + os.path.basename(os.path.dirname(os.path.abspath(path)))
         self.n_vocab = self.tok.get_vocab_size(with_added_tokens=True)
         self.bos_id = self.first_id("<s>", "<|begin_of_text|>")
@@ -92,7 +99,10 @@ def read_ranks(path):
 
 
 def web_bpe(path=WEB_BPE):
-    ranks = read_ranks(path)
+    try:
+        ranks = read_ranks(path)
+    except ValueError as e:  # a .tiktoken file is meant to be one
+        raise DamagedTokenizer(str(e)) from None
     name = os.path.splitext(os.path.basename(path))[0].replace("_", "-")
     return TiktokenTokenizer(name, ranks, GPT2_PATTERN, {ENDOFTEXT: len(ranks)}, ENDOFTEXT, ENDOFTEXT)
 
@@ -148,9 +158,12 @@ def load_tokenizer(spec="web-bpe4k"):
 
 
 def own_tokenizer(folder):
-    """The tokenizer a model folder carries (train.py writes it beside the weights), or None."""
+    """The tokenizer a model folder carries (train.py writes it beside the weights), or None where it carries none it
+    can read; a tokenizer.json or .tiktoken file that does not parse is a DamagedTokenizer naming it."""
     try:
         return load_tokenizer(folder)
+    except DamagedTokenizer:
+        raise
     except (OSError, ValueError):
         return None
 

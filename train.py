@@ -30,15 +30,16 @@ import torch.nn as nn
 
 import pose
 from checkpoint import (claim_run_folder, config_to_hf, from_pretrained, last_good, latest_checkpoint, load_tensors,
-                        open_log, raw_model, save_checkpoint, save_model, weights_finite)
-from config import heads, in_range, non_negative, one_of, parse_config, positive
+                        log_record, open_log, raw_model, save_checkpoint, save_model, weights_finite)
+from config import heads, in_range, non_negative, one_of, parse_config, positive, writable
 from eval import perplexity
 from lora import add_lora
 from model import ROPE_TYPES, LLaMA, ModelConfig
 from passkey import passkey_example
 from prepare import TokenDataset
 from tokenizer import check_vocabulary, load_tokenizer, start_id, tokenizer_files
-from util import check_device, memory_peak, pick_device
+from util import (SIGNALS, check_device, exit_status, memory_peak, memory_total, on_signals, out_of_memory, pick_device,
+                  signal_name)
 
 DTYPES = ("float32", "bfloat16", "float16")
 LORA_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")  # the projections LoRA can adapt
@@ -151,9 +152,11 @@ class TrainConfig:
         if self.base_dtype != "float32" and not (self.lora_rank and self.dtype == self.base_dtype):
             raise ValueError(f"--base_dtype={self.base_dtype}: expected float32, or LoRA (lora_rank > 0) with "
                              f"dtype={self.base_dtype} autocast")
+        in_range(self, "seed", 0, 2**64 - 1, "an integer in [0, 2^64) (torch's seeds)")
         check_device(self.device)
         if not self.out_dir:
             raise ValueError("--out_dir=: expected a folder")
+        writable(self, "out_dir")
 
 
 # ----------------------------------------------------------------------------- data
@@ -282,7 +285,8 @@ def evaluate(model, docs, cfg, bos_id, ctx, device):
     if not docs:
         return {}
     model.eval()
-    with ctx:
+    with ctx, out_of_memory(f"evaluating at Lc={cfg.Lc} and Lt={cfg.Lt} tokens", "--eval_docs=0 leaves the "
+                            "evaluation to eval.py, whose --batch_tokens sets how many windows a pass holds"):
         out = {L: perplexity(model, docs, L, bos_id=bos_id, stride=cfg.Lc, device=device)["nll"]
                for L in sorted({cfg.Lc, cfg.Lt})}
     model.train()
@@ -290,12 +294,44 @@ def evaluate(model, docs, cfg, bos_id, ctx, device):
 
 
 def load_data(cfg):
-    """(train split, the first tokens of a few held-out documents for the periodic evaluation, tokenizer, its files)."""
+    """(train split, the first tokens of a few held-out documents for the periodic evaluation, tokenizer, its files).
+    What would fail mid-run fails now: a corpus no window fits, held-out documents too short to evaluate at Lt."""
     train_data, eval_data = TokenDataset(cfg.data_dir, "train"), TokenDataset(cfg.data_dir, "eval")
     tok, tok_files = load_tokenizer(train_data.meta["tokenizer"]), tokenizer_files(train_data.meta["tokenizer"])
     eval_docs = [eval_data.doc(i)[:max(cfg.eval_tokens, cfg.Lt + 1)] for i in range(min(cfg.eval_docs, len(eval_data)))]
-    get_batch(train_data, cfg, np.random.default_rng(), 1, tok)  # a corpus no window fits fails now, not mid-run
+    get_batch(train_data, cfg, np.random.default_rng(), 1, tok)
+    # eval.perplexity scores a document at length L only if its text (after BOS) holds L tokens, and fails if none does
+    longest = max((len(d) - (len(d) > 0 and d[0] == start_id(tok)) for d in eval_docs), default=cfg.Lt)
+    if longest < cfg.Lt:
+        raise ValueError(f"{cfg.data_dir}/eval: none of its first {len(eval_docs)} documents holds the {cfg.Lt} "
+                         f"tokens that evaluating at Lt needs (the longest has {longest} after BOS): prepare longer "
+                         "held-out documents, or set --eval_docs=0")
     return train_data, eval_docs, tok, tok_files
+
+
+def check_memory(model, cfg, device):
+    """A batch whose activations cannot fit is refused before training: every block and the final norm keep their
+    input, rows × T × dim values, for the backward pass (with gradient checkpointing too), so a step needs at least
+    that many bytes times n_layers + 1 (4 a value, 2 with any bfloat16 or float16) -- far from all it needs, but
+    sure. What this misses, the step itself says (step_memory)."""
+    T, size = pose.window_len(cfg.method, cfg.Lc, cfg.Lt) - 1, 4 if cfg.dtype == cfg.base_dtype == "float32" else 2
+    need, have = cfg.batch_size * T * model.cfg.dim * size * (model.cfg.n_layers + 1), memory_total(device)
+    if need > have:
+        raise ValueError(f"--batch_size={cfg.batch_size} rows of {window_name(cfg)} tokens: a step keeps at least "
+                         f"{need / 2**30:,.1f} GiB of activations (rows × tokens × dim {model.cfg.dim} × {size} bytes "
+                         f"× {model.cfg.n_layers + 1}), more than the {have / 2**30:.1f} GiB this process can have on "
+                         f"{device}: lower batch_size (a higher grad_accum keeps the batch)")
+
+
+def window_name(cfg):
+    """The training window's length, as its option: Lt=1024 for Full-length, else Lc=128."""
+    return f"Lt={cfg.Lt}" if cfg.method == "full" else f"Lc={cfg.Lc}"
+
+
+def step_memory(cfg, step):
+    """Memory that runs out in a training step as one line naming the batch that asked for it (util.out_of_memory)."""
+    return out_of_memory(f"in step {step}, batch_size={cfg.batch_size} rows of {window_name(cfg)} tokens",
+                         "lower --batch_size (a higher --grad_accum keeps the batch) or set --grad_checkpointing=true")
 
 
 # What shapes a run: resuming with another value of any of these would train a different model than the checkpoint's.
@@ -313,7 +349,10 @@ def find_resume(cfg):
         return None, None, cfg.init_from
     latest = latest_checkpoint(cfg.out_dir)
     if latest is None:
-        raise ValueError(f"--init_from=resume: {cfg.out_dir} has no checkpoint")
+        started = os.path.exists(os.path.join(cfg.out_dir, "log.jsonl")) and not os.path.exists(
+            os.path.join(cfg.out_dir, "final"))
+        raise ValueError(f"--init_from=resume: {cfg.out_dir} has no checkpoint" + (
+            " (its run stopped before the first): start it again without --init_from=resume" if started else ""))
     state = load_tensors(os.path.join(latest, "train_state.pt"))
     missing = sorted({"step", "config", "base_from", "trained", "optimizer", "scaler", "rng", "torch_rng"}
                      - set(state if isinstance(state, dict) else ()))
@@ -358,6 +397,7 @@ def train(cfg):
     train_data, eval_docs, tok, tok_files = load_data(cfg)
     resume, state, base_from = find_resume(cfg)
     model = load_model(cfg, resume, state, tok)
+    check_memory(model, cfg, device)
     say(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
         f"{sum(p.numel() for p in params(model)) / 1e6:.2f}M trained; rope {model.cfg.rope_scaling}")
     model = distribute(model.to(device), cfg)
@@ -366,6 +406,8 @@ def train(cfg):
     fwd = torch.compile(model) if cfg.compile else model
     ctx = nullcontext() if cfg.dtype == "float32" else torch.autocast(device.split(":")[0], dtype=getattr(torch, cfg.dtype))
     log, t_start, start_step = Log(cfg, bool(resume), rank == 0, step), time.time(), step  # and out_dir is ours
+    if resume and not os.path.lexists(os.path.join(cfg.out_dir, "latest")):
+        say(f"{cfg.out_dir}/latest is missing: resuming from the newest complete checkpoint there")
     say(f"resumed from {resume} at step {step}" if resume else f"training into {cfg.out_dir}")
     if cfg.eval_interval and not resume:  # where fine-tuning starts from, on the documents every later evaluation reads
         log.eval(0, evaluate(raw_model(model), eval_docs, cfg, start_id(tok), ctx, device))
@@ -379,7 +421,7 @@ def train(cfg):
             x, pos, y = (t[rank * cfg.batch_size:(rank + 1) * cfg.batch_size].to(device)
                          for t in get_batch(train_data, cfg, rng, cfg.batch_size * world, tok))
             sync = micro == cfg.grad_accum - 1 or not ddp or cfg.fsdp  # DDP: all-reduce on the last micro-step only
-            with ctx, (nullcontext() if sync else model.no_sync()):
+            with ctx, (nullcontext() if sync else model.no_sync()), step_memory(cfg, step + 1):
                 loss = fwd(x, pos, y) / cfg.grad_accum
                 scaler.scale(loss).backward()
             loss_sum += loss.detach()
@@ -390,11 +432,13 @@ def train(cfg):
         grad_norm = torch.nn.utils.clip_grad_norm_(params(model), cfg.grad_clip) if cfg.grad_clip else torch.zeros(())
         stop_if_diverged(loss_sum, grad_norm, scaler, step + 1, cfg.out_dir)
         # the update
-        scaler.step(optimizer)
+        with step_memory(cfg, step + 1):  # AdamW's moments are made at the first step
+            scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        # log, evaluate, checkpoint (finite weights only: checkpoint.py); after Ctrl-C, checkpoint this step and stop
+        # log, evaluate, checkpoint (finite weights only: checkpoint.py); after Ctrl-C or SIGTERM, checkpoint this
+        # step and stop
         stop = interrupted(device)
         if step % cfg.log_interval == 0 or step == cfg.max_steps:
             log.train(step, loss_sum.item(), lr, grad_norm.item(), memory_peak(device),
@@ -404,7 +448,8 @@ def train(cfg):
         if (cfg.ckpt_interval and step % cfg.ckpt_interval == 0) or step == cfg.max_steps or stop:
             save_checkpoint(model, optimizer, scaler, step, rng, cfg, base_from, tok_files)
         if stop:
-            raise Interrupted(f"interrupted at step {step}; --init_from=resume continues from {cfg.out_dir}")
+            why = "interrupted" if signal_name() == "SIGINT" else f"stopped by {signal_name()}"
+            raise Interrupted(f"{why} at step {step}; --init_from=resume continues from {cfg.out_dir}")
     if not cfg.eval_interval or step % cfg.eval_interval:
         log.eval(step, evaluate(raw_model(model), eval_docs, cfg, start_id(tok), ctx, device))
     save_model(model, cfg, os.path.join(cfg.out_dir, "final"), tok_files)
@@ -421,14 +466,15 @@ def stop_if_diverged(loss, grad_norm, scaler, step, out_dir):
 
 
 class Interrupted(Exception):
-    """Ctrl-C, after the step it came in was checkpointed."""
+    """Ctrl-C or SIGTERM, after the step it came in was checkpointed."""
 
 
-CTRL_C = threading.Event()  # set by the handler __main__ installs; the loop reads it after each step
+CTRL_C = threading.Event()  # set by the handler __main__ installs (Ctrl-C, SIGTERM); the loop reads it after each step
 
 
 def interrupted(device):
-    """Whether Ctrl-C was pressed, on any rank (a collective under torchrun, so that all stop at the same step)."""
+    """Whether Ctrl-C was pressed or SIGTERM came, on any rank (a collective under torchrun, so that all stop at the
+    same step)."""
     flag = torch.tensor(float(CTRL_C.is_set()), device=device)
     if dist.is_initialized():
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -470,8 +516,7 @@ class Log:
     def write(self, record, line):
         if self.master:
             print(line)
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+            log_record(self.file, record)
 
     def train(self, step, loss, lr, grad_norm, mem_bytes, s_per_step, world):
         c = self.cfg
@@ -489,17 +534,20 @@ class Log:
 
 
 def on_ctrl_c(signum, frame):
-    """The first Ctrl-C asks the loop to checkpoint its step and stop; a second one stops at once."""
+    """The first Ctrl-C or SIGTERM (kill, docker stop, timeout, a scheduler) asks the loop to checkpoint its step and
+    stop; a second one stops at once."""
+    SIGNALS.append(signum)
     if CTRL_C.is_set():
         raise KeyboardInterrupt
     CTRL_C.set()
-    print("Ctrl-C: finishing this step and writing a checkpoint (Ctrl-C again stops at once)", file=sys.stderr)
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    print(f"{name}: finishing this step and writing a checkpoint (a second {name} stops at once)", file=sys.stderr)
 
 
 if __name__ == "__main__":
     cfg = parse_config(TrainConfig, sys.argv[1:], __doc__)
-    signal.signal(signal.SIGINT, on_ctrl_c)
-    try:  # a wrong path, a bad checkpoint or corpus, a diverged loss, Ctrl-C: one line, not a traceback
+    on_signals(on_ctrl_c)  # SIGTERM as Ctrl-C; a file-size limit as a full disk
+    try:  # a wrong path, a bad checkpoint or corpus, a diverged loss, a full disk, Ctrl-C: one line, not a traceback
         train(cfg)
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -511,7 +559,10 @@ if __name__ == "__main__":
             os._exit(0)
     except (ValueError, OSError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
-    except (Interrupted, KeyboardInterrupt) as e:
-        print(str(e) or f"interrupted; --init_from=resume continues from {latest_checkpoint(cfg.out_dir)}",
-              file=sys.stderr)
-        sys.exit(130)
+    except MemoryError as e:  # a step's or an evaluation's (step_memory): the run keeps its last checkpoint
+        sys.exit(f"error: {e}; stopped, the last good checkpoint is {last_good(cfg.out_dir)}")
+    except (Interrupted, KeyboardInterrupt) as e:  # Interrupted after its step's checkpoint; a second signal at once
+        latest = latest_checkpoint(cfg.out_dir)
+        print(str(e) or (f"stopped; --init_from=resume continues from {latest}" if latest else
+                         "stopped before the first checkpoint: the same command starts the run again"), file=sys.stderr)
+        sys.exit(exit_status())

@@ -63,6 +63,8 @@ def bad(ws):  # noqa: F811 (test_reliability's fixture, imported above)
     data_copy(ws, "meta_dtype", lambda p: Path(p + ".json").write_text(json.dumps(meta | {"dtype": "float99"})))
     data_copy(ws, "float_offsets", lambda p: np.save(p + ".offsets.npy", np.load(p + ".offsets.npy").astype(float)))
     data_copy(ws, "big_ids", lambda p: np.memmap(p + ".bin", dtype=np.uint16, mode="r+").__setitem__(5, 60000))
+    data_copy(ws, "short_eval", lambda p: [shutil.copy(ws / "short" / f"eval{x}", ws / "short_eval")  # 5-token books
+                                           for x in (".bin", ".offsets.npy", ".json")])
     # a second tokenizer of web-bpe4k's size, two of its tokens' ids swapped
     tok, probe = load_tokenizer("web-bpe4k"), "In the beginning, 12345 words. "
     a, b = sorted(set(tok.encode(probe)))[-2:]
@@ -99,7 +101,13 @@ def bad(ws):  # noqa: F811 (test_reliability's fixture, imported above)
                                              "max_window_layers": 1},
                          "hf_qwen3_bias": {"model_type": "qwen3", "attention_bias": True},
                          "hf_phi3_partial": {"model_type": "phi3", "partial_rotary_factor": 0.75},
-                         "hf_phi3_keys": {"model_type": "phi3"}}.items():
+                         "hf_phi3_keys": {"model_type": "phi3"},
+                         "hf_rs_beta": {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "beta_fast": "32"}},
+                         "hf_rs_truncate": {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "truncate": 1}},
+                         "hf_rs_l0": {"rope_scaling": {"rope_type": "yarn_pose", "factor": 4.0,
+                                                       "original_max_position_embeddings": "8"}},
+                         "hf_rs_short": {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0, "2"],
+                                                          "long_factor": [1.0, 2.0]}}}.items():
         hf_copy(ws, name, change)
     hf_copy(ws, "hf_not_json", text=b'{"hidden_size": 64,')
     hf_copy(ws, "hf_array", text=b"[64, 2]")
@@ -109,6 +117,13 @@ def bad(ws):  # noqa: F811 (test_reliability's fixture, imported above)
         {"weight_map": {"model.norm.weight": "model-00002-of-00002.safetensors"}}))
     shutil.copytree(ws / "good", ws / "hf_index_list")
     (ws / "hf_index_list" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["a", "b"]}))
+    (ws / "bad_tok").mkdir()  # a tokenizer.json that is not JSON, alone and in a model's folder
+    (ws / "bad_tok" / "tokenizer.json").write_text('{"model": ')
+    shutil.copytree(ws / "good", ws / "bad_tok_model")
+    shutil.copy(ws / "bad_tok" / "tokenizer.json", ws / "bad_tok_model")
+    (ws / "figs").mkdir()  # another evaluation's figures
+    (ws / "figs" / "ppl.png").write_bytes(b"a figure")
+    (ws / "README.md").write_text("intro\n<!-- results: written by reproduce.py -->\nold\n<!-- /results -->\n")
     # earlier runs
     train.train(tiny_cfg(ws, ws / "run", max_steps=2, eval_docs=0))  # ckpt_0000002, final/, log.jsonl
     (ws / "done").mkdir()  # its checkpoints pruned: only final/ and log.jsonl are left
@@ -141,6 +156,7 @@ EVAL = ["eval.py", "--data={ws}/tok", "--out={run}/results", "--plots={run}/plot
         "--max_tokens=64", "--passkey_trials=0", "--models={ws}/good"]
 PREPARE = ["prepare.py", "--out={run}"]
 POSE = ["pose.py", "--Lc=8", "--Lt=32", "--n_samples=10", "--out={run}/coverage.png"]
+REPRO = ["reproduce.py", "--runs_dir={run}/runs", "--out={run}/results", "--plots={run}/plots", "--readme={ws}/README.md"]
 PLOTS = ["plots.py", "--results={ws}/nowhere", "--logs={ws}/nowhere", "--bench={ws}/nowhere", "--out={run}/plots"]
 BENCH = ["bench.py", "--data_dir={ws}/tok", "--out={run}", "--plots={run}/plots", "--reps=1", "--warmup=0",
          "--factors=1", "--Lc=16", "--batch=1", "--device=cpu"]
@@ -172,6 +188,10 @@ HF_ERRORS = {  # a damaged config.json (ws/NAME) -> the rest of the message afte
     "hf_qwen3_bias": r"attention_bias = True is not Qwen3's \(False\) and not supported",
     "hf_phi3_partial": r"rope type 'default': 'partial_rotary_factor' is not implemented here \(expected only "
                        r"rope_theta\)",
+    "hf_rs_beta": r"rope_scaling\.beta_fast = '32': expected a number",
+    "hf_rs_truncate": r"rope_scaling\.truncate = 1: expected true or false",
+    "hf_rs_l0": r"rope_scaling\.original_max_position_embeddings = '8': expected a positive integer",
+    "hf_rs_short": r"rope_scaling\.short_factor = \[1\.0, '2'\]: expected a list of numbers",
 }
 # id: (script and arguments, the last line of stderr as a regular expression, a path where no file may change)
 # {ws}: the fixture's folder, {run}: a fresh out_dir for this case
@@ -310,6 +330,26 @@ CASES = {
     "train: log.jsonl a symbolic link": (RESUME[:2] + ["--out_dir={ws}/link_log"] + RESUME[3:] + ["--max_steps=3"],
                                          ERR + r"{ws}/link_log/log\.jsonl is a symbolic link: a run writes only into "
                                                r"its own files", "{ws}/outside.txt"),
+    # train.py: what would fail after training, or in it, fails before
+    "train: eval documents shorter than Lt": (TRAIN + ["--data_dir={ws}/short_eval"],
+                                              ERR + r"{ws}/short_eval/eval: none of its first 2 documents holds the "
+                                                    r"128 tokens that evaluating at Lt needs \(the longest has 5 "
+                                                    r"after BOS\): prepare longer held-out documents, or set "
+                                                    r"--eval_docs=0", "{run}"),
+    "train: resume with eval documents shorter than Lt": (RESUME + ["--data_dir={ws}/short_eval", "--eval_docs=2"],
+                                                          ERR + r"{ws}/short_eval/eval: none of its first 2 documents "
+                                                                r"holds the 128 tokens .*", "{ws}/run"),
+    "train: Lt beyond float32 positions": (TRAIN + ["--Lt=1099511627776"],
+                                           ERR + r"Lt=1099511627776: expected at most 2\^24 = 16777216 \(RoPE "
+                                                 r"computes with float32 positions, exact only that far\)", "{run}"),
+    "train: seed beyond torch's": (TRAIN + ["--seed=18446744073709551616"],
+                                   ERR + r"--seed=18446744073709551616: expected an integer in \[0, 2\^64\) "
+                                         r"\(torch's seeds\)", "{run}"),
+    "train: a batch no memory holds": (TRAIN + ["--batch_size=1000000000"],
+                                       ERR + r"--batch_size=1000000000 rows of Lc=32 tokens: a step keeps at least "
+                                             r"[\d,]+\.\d GiB of activations \(rows × tokens × dim 64 × 4 bytes × 3\), "
+                                             r"more than the [\d.]+ GiB this process can have on cpu: lower batch_size "
+                                             r"\(a higher grad_accum keeps the batch\)", "{run}"),
     # train.py: prepared data
     "train: train.bin cut short (odd bytes)": (TRAIN + ["--data_dir={ws}/odd_bin"],
                                                ERR + r"{ws}/odd_bin/train\.bin: \d+ bytes is not a whole number of "
@@ -412,6 +452,29 @@ CASES = {
     **{f"eval: config.json {name}": (EVAL + [f"--models={{ws}}/{name}"],
                                      ERR + rf"{{ws}}/{name}/config\.json: {why}", "{run}")
        for name, why in HF_ERRORS.items() if name in ("hf_str", "hf_kv", "hf_theta_nan", "hf_not_json", "hf_array")},
+    "eval: length beyond float32 positions": (EVAL + ["--lengths=32,33554432"],
+                                              ERR + r"--lengths=32,33554432: expected lengths of at most 2\^24 = "
+                                                    r"16777216 \(RoPE computes with float32 positions, exact only "
+                                                    r"that far\)", "{run}"),
+    "eval: plots folder cannot be written": (EVAL[:3] + ["--plots={ws}/file.txt/plots"] + EVAL[4:],
+                                             ERR + r"--plots={ws}/file\.txt/plots: expected a folder that can be "
+                                                   r"written \({ws}/file\.txt is not a folder this process can write "
+                                                   r"in\)", "{ws}/file.txt"),
+    "eval: plots holding another evaluation's figures": (EVAL[:3] + ["--plots={ws}/figs"] + EVAL[4:],
+                                                         ERR + r"--plots={ws}/figs holds another evaluation's figures "
+                                                               r"\({ws}/figs/ppl\.png\): choose another --plots, or "
+                                                               r"--plots= for none", "{ws}/figs"),
+    "eval: weights that are not finite": (EVAL + ["--models={ws}/nan_weights"],
+                                          ERR + r"{ws}/nan_weights: its weights are not all finite", "{run}"),
+    "eval: tokenizer.json that is not JSON": (EVAL + ["--tokenizer={ws}/bad_tok"],
+                                              ERR + r"{ws}/bad_tok/tokenizer\.json: not a tokenizer the tokenizers "
+                                                    r"library can read \(.*\)", "{run}"),
+    "eval: a model's tokenizer.json that is not JSON": (EVAL + ["--models={ws}/bad_tok_model"],
+                                                        ERR + r"{ws}/bad_tok_model/tokenizer\.json: not a tokenizer "
+                                                              r"the tokenizers library can read \(.*\)", "{run}"),
+    **{f"eval: config.json {name}": (EVAL + [f"--models={{ws}}/{name}"],
+                                     ERR + rf"{{ws}}/{name}/config\.json: {HF_ERRORS[name]}", "{run}")
+       for name in ("hf_rs_beta", "hf_rs_short")},
     # prepare.py
     "prepare: text not UTF-8": (PREPARE + ["{ws}/latin1.txt"],
                                 r"prepare\.py: error: {ws}/latin1\.txt: not UTF-8 text \(byte 3: invalid continuation "
@@ -458,6 +521,22 @@ CASES = {
                                "{ws}/file.txt"),
     "prepare: unknown option": (PREPARE + ["--bogus=1"], r"prepare\.py: error: unrecognized arguments: --bogus=1",
                                 "{run}"),
+    "prepare: tokenizer.json that is not JSON": (PREPARE + ["--tokenizer={ws}/bad_tok", "{ws}/small.txt"],
+                                                 r"prepare\.py: error: {ws}/bad_tok/tokenizer\.json: not a tokenizer "
+                                                 r"the tokenizers library can read \(.*\)", "{run}"),
+    # reproduce.py: what it writes at the end is checked before any run starts
+    "reproduce: results folder cannot be written": (REPRO + ["--out={ws}/file.txt/results"],
+                                                    ERR + r"--out={ws}/file\.txt/results: expected a folder that can "
+                                                          r"be written \(.*\)", "{ws}/file.txt"),
+    "reproduce: plots folder cannot be written": (REPRO + ["--plots={ws}/file.txt"],
+                                                  ERR + r"--plots={ws}/file\.txt: expected a folder that can be "
+                                                        r"written \(.*\)", "{ws}/file.txt"),
+    "reproduce: README without its markers": (REPRO + ["--readme={ws}/small.txt"],
+                                              ERR + r"{ws}/small\.txt: no <!-- results: written by reproduce\.py --> "
+                                                    r"\.\.\. <!-- /results --> section to write the results into",
+                                              "{run}"),
+    "reproduce: README missing": (REPRO + ["--readme={ws}/nowhere.md"],
+                                  ERR + r"--readme={ws}/nowhere\.md: No such file or directory", "{run}"),
     # pose.py (the coverage figure)
     "pose: Lt < Lc": (POSE + ["--Lt=4"], ERR + r"Lt=4 is shorter than Lc=8", "{run}"),
     "pose: n_samples 0": (POSE + ["--n_samples=0"], ERR + r"--n_samples=0: expected a positive count", "{run}"),

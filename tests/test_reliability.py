@@ -241,7 +241,8 @@ CASES = {
                                  r"error: unknown config key 'lerning_rate' \(python train.py -h lists them\)",
                                  "{run}"),
     "out_dir cannot be written": (TRAIN[:2] + ["--out_dir={ws}/file.txt/run"] + TRAIN[3:],
-                                  r"error: \[Errno 20\] Not a directory: '{ws}/file.txt/run'", "{ws}/file.txt"),
+                                  r"error: --out_dir={ws}/file.txt/run: expected a folder that can be written "
+                                  r"\({ws}/file.txt is not a folder this process can write in\)", "{ws}/file.txt"),
     "pickle that runs code (model)": (TRAIN + ["--init_from={ws}/evil"],
                                       r"error: {ws}/evil/pytorch_model.bin: refused or unreadable as a weights-only "
                                       r"checkpoint \(UnpicklingError: Trying to load unsupported GLOBAL posix.mkdir "
@@ -281,7 +282,8 @@ CASES = {
         r"error: 20 tokens is too short for the passkey template \(\d+ without filler\)", "{run}"),
     "eval: out folder cannot be written": (EVAL[:2] + ["--out={ws}/file.txt/results"] + EVAL[3:]
                                            + ["--models={ws}/good"],
-                                           r"error: \[Errno 20\] Not a directory: '{ws}/file.txt/results'",
+                                           r"error: --out={ws}/file.txt/results: expected a folder that can be "
+                                           r"written \({ws}/file.txt is not a folder this process can write in\)",
                                            "{ws}/file.txt"),
     "prepare: empty corpus": (["prepare.py", "--out={run}", "{ws}/empty.txt"],
                               r"prepare.py: error: train: no documents in {ws}/empty.txt", "{run}"),
@@ -427,19 +429,22 @@ def test_resuming_with_another_Lt_is_refused_and_with_the_same_continues(ws, tmp
     assert latest_checkpoint(tmp_path) == str(tmp_path / "ckpt_0000003")
 
 
-def test_ctrl_c_checkpoints_its_step_and_says_how_to_resume(ws, tmp_path, capfd, monkeypatch):
-    """SIGINT to a real `python train.py` mid-run: exit status 130, one last line naming the step and how to go on,
-    a finite checkpoint of that step (none was due: ckpt_interval=0), and resuming from it finishes the run."""
+@pytest.mark.parametrize("signum,status,said", [(signal.SIGINT, 130, "interrupted"),
+                                                (signal.SIGTERM, 143, "stopped by SIGTERM")], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_checkpoints_its_step_and_says_how_to_resume(ws, tmp_path, capfd, monkeypatch, signum, status, said):
+    """SIGINT (Ctrl-C) or SIGTERM (kill, docker stop, timeout, a scheduler) to a real `python train.py` mid-run: exit
+    status 130 or 143, one last line naming the step and how to go on, a finite checkpoint of that step (none was due:
+    ckpt_interval=0), and resuming from it finishes the run."""
     out = tmp_path / "run"
     p = subprocess.Popen([sys.executable, *train_argv(ws, out, "--max_steps=1000", "--ckpt_interval=0")], cwd=ROOT,
                          env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in p.stdout:
         if line.startswith("step 3/"):
             break
-    p.send_signal(signal.SIGINT)
+    p.send_signal(signum)
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
-    last = re.fullmatch(rf"interrupted at step (\d+); --init_from=resume continues from {re.escape(str(out))}",
+    assert p.returncode == status and "Traceback" not in err, err[-2000:]
+    last = re.fullmatch(rf"{said} at step (\d+); --init_from=resume continues from {re.escape(str(out))}",
                         err.strip().splitlines()[-1])
     assert last and int(last[1]) >= 3, err[-2000:]
     step = int(last[1])
