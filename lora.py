@@ -31,7 +31,8 @@ def add_lora(model, rank, alpha, targets, train_embeddings=False, train_norms=Fa
         p.requires_grad_(False)
     for layer in model.layers:
         for parent in (layer.attention, layer.feed_forward):
-            for name in set(targets) & set(dict(parent.named_children())):
+            for name in [n for n, _ in parent.named_children() if n in targets]:  # module order: the same adapters
+                                                                                   # for a seed, whatever the hash seed
                 setattr(parent, name, LoRALinear(getattr(parent, name), rank, alpha))
     for name, p in model.named_parameters():
         if (train_embeddings and name.startswith(("tok_embeddings", "output"))) or \

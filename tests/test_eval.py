@@ -245,7 +245,10 @@ def test_plots_render_with_agg(tmp_path):
              "passkey.png": lambda p: plots.plot_passkey({128: {0.0: 1.0, 1.0: 0.5}, 256: {0.0: 0.0, 1.0: 0.2}}, p),
              "training.png": lambda p: plots.plot_training({"run": log}, p),
              "memory_time.png": lambda p: plots.plot_memory_time(bench, p),
-             "coverage.png": lambda p: plots.plot_coverage({"PoSE N = 2": rel}, 16, p)}
+             "coverage.png": lambda p: plots.plot_coverage([({"PoSE N = 2": rel}, 16, "16 -> 64")] * 2, p),
+             "rope_scalings.png": lambda p: plots.plot_rope_scalings(*plots.rope_divisors(128, 8, 32), p),
+             "steps.png": lambda p: plots.plot_steps({"run": {0: {128: 60.0, 1024: 70.0}, 25: {128: 50.0, 1024: 48.0}}},
+                                                     p, (128, 1024))}
     for name, draw in calls.items():
         draw(tmp_path / name)
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / name).stat().st_size > 10_000

@@ -254,3 +254,14 @@ def test_passkey_share_needs_room_for_the_template(data_dir):
     with pytest.raises(ValueError, match="too short for the passkey template"):
         train.get_batch(prepare.TokenDataset(data_dir, "train"), cfg, np.random.default_rng(0), 2,
                     load_tokenizer("web-bpe4k"))
+
+
+def test_lora_adapters_are_the_same_for_a_seed_whatever_the_hash_seed():
+    """Adapters are made in module order: iterating a set of names (string hashes vary per process) once gave the
+    same seed different starting adapters."""
+    code = ("import torch; from model import LLaMA, ModelConfig; from lora import add_lora; torch.manual_seed(0); "
+            "m = LLaMA(ModelConfig(dim=64, n_layers=1, n_heads=4, vocab_size=64)); torch.manual_seed(1); "
+            "add_lora(m, 4, 8, ['wq', 'wk', 'wv', 'wo']); print(m.layers[0].attention.wq.A.detach().sum().item())")
+    out = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                          env=os.environ | {"PYTHONHASHSEED": str(h), "OMP_NUM_THREADS": "1"}).stdout for h in (1, 2)}
+    assert len(out) == 1, out
