@@ -1,18 +1,21 @@
 """eval.py: perplexity over window lengths, loss at every position, and passkey retrieval for one or more models,
 as JSON, markdown and plots.
 
-    python eval.py --models=base=out/tiny_base/final,pose=out/tiny_pose/final --lengths=128,256,512,1024
+    python eval.py --models=base=models/tiny_base,pose=out/tiny_pose/final --lengths=128,256,512,1024 --stride=128
     python eval.py --models=DIR --data=books/,more.jsonl --tokenizer=gpt2:DIR --stride=1024 --lengths=2048,4096
     python eval.py -h                                                 # every option
 
-Perplexity, the paper's protocol: a document [BOS] x_0 … x_{m-1} is read in windows of `ctx` tokens that start
-every `stride` text tokens; a window starting at a is [BOS] x_a … x_{a+ctx-2} (positions 0 … ctx-1) and predicts
-x_a … x_{a+ctx-1}, but only tokens no earlier window scored count, so each x_i is scored exactly once (the last
-window may be shorter) and, after the first window, with at least ctx - stride tokens of context. stride = 0
-means stride = ctx. --truncate=true scores only the first window of each document. A document shorter than a
-window is left out of that length (with a warning). The mean NLL is token-weighted over all documents. The same
-forward passes give the mean loss at each position 0 … ctx-1 over the full windows: where a model stops using
-its positions, that curve rises.
+A first reading takes perplexity() (with windows(), its plan), then passkey_teacher(); the rest is the driver.
+
+Perplexity, the paper's protocol (with --stride below the window): a document [BOS] x_0 … x_{m-1} is read in
+windows of `ctx` tokens that start every `stride` text tokens; a window starting at a is [BOS] x_a … x_{a+ctx-2}
+(positions 0 … ctx-1) and predicts x_a … x_{a+ctx-1}, but only tokens no earlier window scored count, so each x_i is
+scored exactly once (the last window may be shorter) and, after the first window, with at least ctx - stride tokens
+of context. The default stride = 0 means stride = ctx: disjoint windows, cheaper, where the paper slides them (its
+stride is 1024 tokens for windows of 2k … 32k; Lc = 128 plays that part here). --truncate=true scores only the first
+window of each document. A document shorter than a window is left out of that length (with a warning). The mean NLL
+is token-weighted over all documents. The same forward passes give the mean loss at each position 0 … ctx-1 over the
+full windows: where a model stops using its positions, that curve rises.
 Passkey: Mohtashami & Jaggi's prompt as the PoSE paper uses it, a random 5-digit key at a chosen depth of the
 filler; scored by greedy generation (the first integer must be the key) or, batched and faster, by teacher forcing
 (the key's tokens must be the argmax after the prompt); --passkey_mode=both scores each trial both ways and counts
@@ -99,6 +102,7 @@ class EvalConfig:
         writable(self, "out", *(("plots",) if self.plots not in ("", "auto") else ()))
 
 
+# (a first reading may skip the next two: progress and a warning)
 def progress_bar(items, desc, out=sys.stderr):
     """Yield from `items` while drawing `desc [####    ] i/n, elapsed, ETA` on stderr: redrawn in place twice a
     second on a terminal, a new line every 30 s in a log file."""
@@ -249,6 +253,7 @@ def beyond(acc, distance, L0, L):
 
 
 # ----------------------------------------------------------------------------- the driver
+# (a first reading may skip the driver: which models and documents, checks before evaluating, files out)
 def model_specs(models):
     """'a=dir1,dir2' -> [("a", dir1), (name, dir2)]; a name is the folder's, or its parent's for final/ckpt_*."""
     specs = []

@@ -1,9 +1,13 @@
 """A single-file LLaMA (RMSNorm, SwiGLU, GQA, RoPE with every common scaling) that takes explicit positions.
 
-Read it top to bottom: config -> RoPE and its scalings -> RMSNorm -> attention -> MLP -> block -> the model. The one thing PoSE needs from a model is `forward(idx, pos)`: every row of a batch carries its own, possibly
-skipped, integer positions, and cos/sin are computed per row. RoPE uses Hugging Face's rotate-half layout (dim i is
-paired with dim i + head_dim/2); reading and writing checkpoints (HF and Meta) is checkpoint.py's job. The few ways
-Qwen2, Qwen3 and Gemma differ from LLaMA are flags in ModelConfig, each off by default: LLaMA's path is unchanged.
+Read it top to bottom: config -> RoPE and its scalings -> RMSNorm -> attention -> MLP -> block -> the model. The
+one thing PoSE needs from a model is `forward(idx, pos)`: every row of a batch carries its own, possibly skipped,
+integer positions, and cos/sin are computed per row; `LLaMA.extend_context` gives the RoPE its scaling for the
+target length (s = Lt / L0). A first reading takes rope_linear and rope_yarn_pose (the paper's two scalings),
+`RoPE`, `Attention`, `LLaMA.extend_context` and `LLaMA.forward`, and may skip what is marked so. RoPE uses Hugging
+Face's rotate-half layout (dim i is paired with dim i + head_dim/2); reading and writing checkpoints (HF and Meta)
+is checkpoint.py's job. The few ways Qwen2, Qwen3 and Gemma differ from LLaMA are flags in ModelConfig, each off by
+default: LLaMA's path is unchanged.
 """
 import math
 from dataclasses import dataclass, replace
@@ -43,7 +47,8 @@ class ModelConfig:
                                        # original_max_position_embeddings, max_seq_len / factor for linear, else
                                        # max_seq_len (a model that was never extended)
     tie_embeddings: bool = False
-    # How other families differ from LLaMA, one flag each (checkpoint.py sets them from a Hugging Face config.json):
+    # How other families differ from LLaMA, one flag each (checkpoint.py sets them from a Hugging Face config.json;
+    # a first reading may skip them: for LLaMA each is off):
     qkv_bias: bool = False             # Qwen2 / Qwen2.5: biases on the q, k and v projections
     qk_norm: bool = False              # Qwen3: an RMSNorm over each head's q and k before RoPE, to steady attention
     hidden_act: str = "silu"           # Gemma: "gelu_tanh", the MLP gated by tanh-approximated GELU (GeGLU)
@@ -75,8 +80,10 @@ class ModelConfig:
 # has seen pair i turn through at most L0 · inv_freq_i radians. To reach Lt = s · L0, each scaling below changes
 # inv_freq (and may scale cos and sin by an attention factor) so that positions in [0, Lt) give angles the model
 # knows. Each takes (d, base, rs, L0, seq_len) -- head dim, rope_theta, the rope_scaling dict, the pretraining
-# length and the longest position in use -- and returns (inv_freq, attention_factor), inv_freq in float64. They
-# are transformers' definitions (tested against it), so an exported model runs there unchanged.
+# length and the longest position in use -- and returns (inv_freq, attention_factor), inv_freq in float64. Five
+# are transformers' own definitions (tested against it); `yarn_pose` (the official PoSE code's) and fixed `ntk` are
+# not in transformers, and checkpoint.py exports them as what it runs identically (longrope with fixed divisors, and
+# plain RoPE with a larger rope_theta).
 def rope_frequencies(d, base):
     """Plain RoPE (Su et al. 2021): inv_freq_i = base^(-2i/d) for pairs i = 0 … d/2 − 1."""
     return 1.0 / base ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
@@ -119,6 +126,7 @@ def rope_yarn_pose(d, base, rs, L0, seq_len):
     return rope_frequencies(d, base) / ((1 - keep) * rs["factor"] + keep), yarn_attention_factor(rs)
 
 
+# (a first reading may skip the other scalings, down to ROPE_SCALINGS: the same idea, other rules)
 def rope_ntk(d, base, rs, L0, seq_len):
     """Fixed NTK-aware scaling (bloc97 2023): base' = base · α^(d/(d−2)), nothing else. The slowest pair
     (i = d/2 − 1) turns at base'^(−(d−2)/d) = base^(−(d−2)/d) / α, exactly α times slower (interpolated, as
@@ -189,7 +197,9 @@ def scaling_for(rope_type, s, L0, beta_fast=32.0, beta_slow=1.0):
 
 
 class RoPE(nn.Module):
-    """cos and sin of each row's own integer positions, computed from inv_freq in float32 on every call."""
+    """cos and sin of each row's own integer positions, computed from inv_freq in float32 on every call. The
+    scalings that change with the longest position in use (dynamic, longrope) take the batch's, as transformers'
+    do: every row of a batch then turns by the same frequencies."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -359,6 +369,7 @@ class LLaMA(nn.Module):
         # (chunked_loss.py; it is memory, not PoSE)
         return chunked_cross_entropy(x, self.output.weight, targets, reduction)
 
+    # (a first reading may skip the rest: generation with a KV cache, for passkey retrieval)
     def new_cache(self):
         return [[None, None] for _ in self.layers]
 

@@ -1,7 +1,7 @@
 """walkthrough.py: PoSE in one pass -- one held-out document, one training window whose positions skip ahead, the model
 extended to the target length, one forward pass. No training loop: train.py does this for every row of every batch.
 
-    python walkthrough.py                 # the shipped tiny base, Lc = 128 -> Lt = 1024, in a second
+    python walkthrough.py                 # the shipped tiny base, Lc = 128 -> Lt = 1024, in seconds
     python walkthrough.py --Lt=8192       # the paper's 64x
 
 Read it beside pose.py (pose_window: the chunks) and model.py (LLaMA.extend_context: the RoPE scaling for Lt).

@@ -1,6 +1,9 @@
 """Tests for pose.py: window invariants, the official N = 2 distribution, coverage, and input errors."""
+import ast
 import itertools
 import math
+import os
+import re
 
 import numpy as np
 import pytest
@@ -163,3 +166,32 @@ def test_coverage_2k_to_16k():
 def test_bad_inputs(args, kwargs, message):
     with pytest.raises(ValueError, match=message):
         pose.sample(*args, **kwargs, rng=np.random.default_rng(0))
+
+
+def test_the_readmes_map_of_the_core_names_real_functions_and_their_lengths():
+    """README.md's "The core in 150 lines": every `file: function` is there, with the line count the table says."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md")) as f:
+        rows = re.findall(r"^\| `(\w+\.py): ([\w.]+)` \| (\d+) \|", f.read(), flags=re.M)
+    assert len(rows) >= 10
+    for file, name, lines in rows:
+        with open(os.path.join(root, file)) as f:
+            nodes = {n.name: n for n in ast.parse(f.read()).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        outer, _, inner = name.partition(".")
+        node = nodes[outer] if not inner else next(m for m in nodes[outer].body if getattr(m, "name", "") == inner)
+        assert node.end_lineno - node.lineno + 1 == int(lines), (file, name)
+    assert sum(int(n) for _, _, n in rows) <= 200
+
+
+def test_the_walkthrough_runs_one_window_through_the_extended_model(capsys, one_thread):
+    """walkthrough.py: its window is pose_window's (seed 0), the model is extended by s = Lt / L0, and the distances it
+    reports are those of the window's own positions."""
+    import walkthrough
+    walkthrough.walk(walkthrough.Walk(Lc=32, Lt=512))
+    out = capsys.readouterr().out
+    ch = pose.pose_window(5 * 32, 32, 512, N=2, rng=np.random.default_rng(0))
+    pos = pose.window_indices(ch)[0][:-1]
+    d = pos[:, None] - pos[None, :]
+    seen = np.unique(d[d >= 0])
+    assert pose.describe(ch, 512) in out and "s = Lt / L0 = 4:" in out
+    assert f"distances trained: {len(seen)} of the 512 in [0, Lt); {(seen >= 32).sum()} of them at or beyond Lc" in out
