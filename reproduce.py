@@ -156,9 +156,9 @@ class Jobs:
     checkpoint of its step and stops), no further job starts, and once the running ones have stopped run() raises
     Stopped, naming them. A second signal is passed on too (the jobs stop at once, without that checkpoint)."""
 
-    def __init__(self, workers):
+    def __init__(self, workers, clock=None):
         self.workers, self.env = workers, os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        self.ran = 0  # jobs run so far
+        self.ran, self.clock = 0, clock  # jobs run so far; a Clock told of every finished job
         self.running, self.stopped, self.left, self.signum, self.failed = {}, [], 0, None, False
         self.lock = threading.RLock()  # reentrant: a second signal's handler may interrupt the first's
 
@@ -209,6 +209,8 @@ class Jobs:
                 raise RuntimeError(f"{label} failed (exit status {rc}): {tail(log)} (all of it: {log})")
             done.append(label)
             self.ran += 1
+            if self.clock:
+                self.clock.tick()
             print(f"[{len(done)}/{len(jobs)}] {label}: {(time.time() - start) / 60:.1f} min "
                   f"({(time.time() - t0) / 60:.1f} min so far)", flush=True)
 
@@ -217,6 +219,32 @@ class Jobs:
                 f.result()
         if self.signum is not None:
             raise Stopped(self.stopped_line())
+
+
+class Clock:
+    """The wall-clock minutes a runs folder's training and evaluation took, summed over the invocations that worked
+    in it (minutes.json there), written after every finished job: a full run stopped and resumed reports the time
+    all of it took, less what the stopped jobs had done; an invocation that reuses everything adds nothing."""
+
+    def __init__(self, runs_dir):
+        self.path = os.path.join(runs_dir, "minutes.json")
+        self.before = {"training": 0.0, "evaluation": 0.0, "invocations": 0}
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                self.before |= json.load(f)
+        self.now, self.phase, self.t0 = dict(self.before), None, None
+        self.lock = threading.Lock()
+
+    def start(self, phase):
+        self.phase, self.t0 = phase, time.time()
+
+    def tick(self):
+        with self.lock:
+            self.now[self.phase] = self.before[self.phase] + (time.time() - self.t0) / 60
+            self.now["invocations"] = self.before["invocations"] + 1
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with atomic_open(self.path) as f:
+                json.dump(self.now, f)
 
 
 def tail(path):
@@ -787,14 +815,15 @@ def seeds_of(cfg, run):
 
 
 def main(cfg):
-    t0 = time.time()
     if cfg.quick:
         cfg.steps, cfg.seeds = cfg.quick_steps, 1
         cfg.eval_tokens, cfg.passkey_trials = cfg.quick_eval_tokens, cfg.quick_passkey_trials
     runs_dir = cfg.runs_dir or os.path.join("out", "repro_quick" if cfg.quick else "repro")
     plan = [(r, seed, os.path.join(runs_dir, r.name, f"seed{seed}")) for r in RUNS
             if r.name in TWO_BY_TWO or not cfg.quick for seed in seeds_of(cfg, r)]  # (run, seed, its folder)
-    jobs = Jobs(cfg.workers)
+    clock = Clock(runs_dir)
+    clock.start("training")  # preparing the data and pretraining a base count as training
+    jobs = Jobs(cfg.workers, clock)
     on_signals(jobs.stop)  # Ctrl-C and SIGTERM are passed on to the running jobs, which stop at a checkpoint
     if not os.path.exists(os.path.join(HERE, "data", "tok", "web-bpe4k", "train.bin")):
         jobs.run([("prepare", [sys.executable, "prepare.py"], os.path.join("data", "prepare.log"))])
@@ -803,7 +832,7 @@ def main(cfg):
     train_jobs = training_jobs(cfg, plan)  # every run folder checked before anything runs
     print(f"reproduce.py: {len(plan)} runs in {runs_dir}, {len(train_jobs)} to train, {cfg.workers} at a time")
     jobs.run(train_jobs)
-    t_train = time.time() - t0
+    clock.start("evaluation")
     evals = evaluate_all(cfg, plan, runs_dir, jobs, retrained={os.path.dirname(j[2]) for j in train_jobs})
     mems, tracks = {}, {}
     for r, seed, d in plan:
@@ -811,7 +840,7 @@ def main(cfg):
         mems.setdefault(r.name, []).append(max(x["mem_gib"] for x in log if "mem_gib" in x))
         if train_args(cfg, r, seed, d)["eval_interval"]:  # a tracked run: {step: {L: loss}}
             tracks[r.name] = {x["step"]: {int(L): v for L, v in x["eval"].items()} for x in log if "eval" in x}
-    report(cfg, summarize(evals, mems), evals, tracks, (time.time() - t0) / 60, t_train / 60, reused=jobs.ran == 0)
+    report(cfg, summarize(evals, mems), evals, tracks, clock.now)
 
 
 def evaluate_all(cfg, plan, runs_dir, jobs, retrained):
@@ -838,22 +867,17 @@ def evaluate_all(cfg, plan, runs_dir, jobs, retrained):
     return evals
 
 
-def report(cfg, s, evals, tracks, minutes, t_train, reused=False):
-    """results/{summary.json, table.md, checks.md}, the figures, and the README's results section. When every run
-    and evaluation was reused, the times reported are those of the run that made them (results/summary.json)."""
+def report(cfg, s, evals, tracks, spent):
+    """results/{summary.json, table.md, checks.md}, the figures, and the README's results section; `spent`: the
+    Clock's minutes of training and evaluation over every invocation that worked in the runs folder."""
     ppl_table, key_table, long_table, far_table = tables(s)
     claims, reading = checks(s, tracks), two_by_two(s)
     chunks, scaling_table, steps_table = table5(s), scalings(s), track_table(tracks)
-    made = os.path.join(cfg.out, "summary.json")
-    if reused and os.path.exists(made):
-        with open(made) as f:
-            before = json.load(f)
-        if before.get("command") == "python reproduce.py" + " --quick=true" * cfg.quick:
-            minutes, t_train = before["minutes"], before["training_minutes"]
+    minutes, t_train = spent["training"] + spent["evaluation"], spent["training"]
     os.makedirs(cfg.out, exist_ok=True)
     with atomic_open(os.path.join(cfg.out, "summary.json")) as f:
         json.dump({"command": "python reproduce.py" + " --quick=true" * cfg.quick, "minutes": minutes,
-                   "training_minutes": t_train, "config": asdict(cfg),
+                   "training_minutes": t_train, "invocations": spent["invocations"], "config": asdict(cfg),
                    "eval": {k: eval_args(cfg, k) for k in ("8x", "64x", "256x")},
                    "models": {n: {"seeds": v["seeds"], "ppl": {L: asdict(e) for L, e in v["ppl"].items()},
                                   "ppl_per_seed": v["per_seed"],
@@ -862,7 +886,7 @@ def report(cfg, s, evals, tracks, minutes, t_train, reused=False):
                               for n, v in s.items()},
                    "tracks": tracks,
                    "disagreements": {n: [r.get("disagreements") for r in v] for n, v in evals.items()}}, f, indent=1)
-    note = notes(cfg, minutes, t_train)
+    note = notes(cfg, minutes, t_train, spent["invocations"])
     both = [(n, r) for n, v in evals.items() for r in v if r.get("disagreements") is not None]
     agree = (f"Teacher forcing against the paper's greedy generation, on every trial of {', '.join(n for n, _ in both)} "
              f"(the first seed's): they disagree on {sum(r['disagreements'] for _, r in both)} of "
@@ -913,7 +937,7 @@ def report(cfg, s, evals, tracks, minutes, t_train, reused=False):
     print(f"reproduce.py: {minutes:.1f} min")
 
 
-def notes(cfg, minutes, t_train):
+def notes(cfg, minutes, t_train, invocations=1):
     seeds = (f"{cfg.seeds} seeds (1337…{1336 + cfg.seeds}) for the 2 × 2, the passkey variant and N = 3 at 64×, "
              f"{cfg.long_seeds} for PoSE and interpolation only at 64×, one for the other rows" if cfg.seeds > 1 else
              "one seed (1337) for every run: spreads marked * are not measured")
@@ -928,7 +952,7 @@ def notes(cfg, minutes, t_train):
             f"at a random offset of a book (BOS first: 478 chapter starts are too little text), and half of the rows "
             f"are passkey prompts, at the positions the window drew (the paper trains on text alone). `python "
             f"reproduce.py{' --quick=true' if cfg.quick else ''}`, {minutes:.1f} min on this machine ({t_train:.1f} of "
-            "them training).")
+            f"them training{f'; summed over the {invocations} invocations that ran it' if invocations > 1 else ''}).")
 
 
 if __name__ == "__main__":

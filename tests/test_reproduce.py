@@ -234,3 +234,24 @@ def test_a_run_folder_with_other_settings_is_refused_never_overwritten(tmp_path)
         reproduce.run_state(other, args)
     torch.save({"config": config, "step": 1}, os.path.join(other, "ckpt_0000002", "train_state.pt"))
     assert reproduce.run_state(other, args) == "resume"  # the same run, cut short: continued, not redone
+
+
+def test_the_clock_sums_the_invocations_that_worked_and_not_those_that_reused(tmp_path, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(reproduce.time, "time", lambda: now[0])
+    first = reproduce.Clock(str(tmp_path))  # a run stopped after its training and one evaluation
+    first.start("training")
+    now[0] += 600
+    first.tick()
+    first.start("evaluation")
+    now[0] += 60
+    first.tick()
+    second = reproduce.Clock(str(tmp_path))  # resumed: the rest of the evaluations
+    second.start("training")
+    second.start("evaluation")
+    now[0] += 120
+    second.tick()
+    third = reproduce.Clock(str(tmp_path))  # everything reused: no job, no tick
+    assert third.now == {"training": 10.0, "evaluation": 3.0, "invocations": 2}
+    assert "135.4 min on this machine (101.8 of them training; summed over the 2 invocations" in reproduce.notes(
+        reproduce.ReproConfig(), 135.4, 101.8, 2)
