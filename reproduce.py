@@ -8,11 +8,12 @@ it reaches (the paper's 64× and beyond), the paper's other experiments, and how
 One tiny pretrained base (L0 = Lc = 128) is fine-tuned on 128-token windows, every run on the base's own mixture
 (configs/tiny_pose.toml: the books, half of the rows a passkey prompt, at the positions PoSE drew) for the same
 steps and rows:
-- the 2 × 2 that says what each part of PoSE does, at Lt = 8·Lc = 1024, each with `seeds` seeds: positions plain
-  (0 … 127) or skipped (PoSE, N = 2) × RoPE scaling none or the headline's PoSE-YaRN (s = 8, beta_fast 4); and
-  PoSE with this project's variant of the passkey rows (the skip moved between key and question), as many seeds;
+- the 2 × 2 that says what each part of PoSE does, at Lt = 8·Lc = 1024: positions plain (0 … 127) or skipped
+  (PoSE, N = 2) × RoPE scaling none or the headline's PoSE-YaRN (s = 8, beta_fast 4), `seeds` seeds each but the
+  two with PoSE-YaRN (PoSE and interpolation only), `long_seeds` each, compared by an exact permutation test; and
+  PoSE with this project's variant of the passkey rows (the skip moved between key and question), `seeds` seeds;
 - the paper's 64×: PoSE and interpolation only (N = 1) with Lt = 64·Lc = 8192 (s = 64), `long_seeds` seeds each,
-  compared by an exact permutation test;
+  compared by the same test;
 - the paper's other experiments: N = 3 chunks (Table 5) at 8× (one seed) and 64× (`seeds` seeds); PoSE at 64×
   with linear, fixed NTK and transformers' YaRN (Figure 4 / Table 2, one seed each); perplexity every
   `track_every` steps for PoSE, interpolation only and Full-length (Figure 3(c)); PoSE at Lt = 256·Lc = 32768;
@@ -75,8 +76,8 @@ class Run:
 RUNS = [  # the 2 × 2 first, the passkey rows' variant, the paper's 64×, its other experiments, then further rows
     Run("plain", "none", Lt, {"method": "plain", "rope_type": "none"}),
     Run("pose", "none", Lt, {"rope_type": "none"}),
-    Run("plain", HEADLINE, Lt, {"method": "plain"}, track=True),
-    Run("pose", HEADLINE, Lt, track=True),
+    Run("plain", HEADLINE, Lt, {"method": "plain"}, seeds="long_seeds", track=True),
+    Run("pose", HEADLINE, Lt, seeds="long_seeds", track=True),
     Run("posebetween", HEADLINE, Lt, {"passkey_skip": "between"}),
     Run("pose", HEADLINE, Lt64, {"Lt": Lt64}, seeds="long_seeds"),
     Run("plain", HEADLINE, Lt64, {"method": "plain", "Lt": Lt64}, seeds="long_seeds"),
@@ -106,8 +107,8 @@ class ReproConfig:
     base: str = "models/tiny_base"   # the pretrained base, a Hugging Face folder (the shipped one by default)
     pretrain: bool = False           # first pretrain a base into --base (configs/tiny_pretrain*.toml); it must not exist
     quick: bool = False              # only the 2 × 2 at 8·Lc, one seed, and the quick_* settings below
-    seeds: int = 3                   # seeds of the 2 × 2, the passkey variant and N = 3 at 64× (1337, 1338, …)
-    long_seeds: int = 7              # seeds of PoSE and interpolation only at 64×; the further rows get one
+    seeds: int = 3                   # seeds of the 2 × 2's unscaled rows, the passkey variant, N = 3 at 64× (1337, …)
+    long_seeds: int = 7              # seeds of PoSE and interpolation only at 8× and 64×; the further rows get one
     steps: int = 200                 # fine-tuning steps of every run
     batch_size: int = 16             # rows per step of every run
     eval_tokens: int = 4096          # 8·Lc perplexity on the first eval_tokens tokens of each held-out book
@@ -559,13 +560,16 @@ def two_by_two(s):
     def keys(n):
         return (f"keys beyond Lc at {2 * Lc} / {4 * Lc} / {Lt}: " + " / ".join(rate(s[n]["passkey"][L]) for L in L8[1:])
                 + f"; inside the window at {Lc}: {rate(s[n]['passkey'][Lc])}")
+    seeded = s[POSE]["seeds"] > 1 and s[SCALED]["seeds"] > 1
     lines = [f"- Interpolation alone ({SCALED} against {PLAIN}): at {Lt} tokens "
              f"{compare(s[SCALED]['ppl'][Lt], s[PLAIN]['ppl'][Lt])}; at {Lc}, "
              f"{compare(s[SCALED]['ppl'][Lc], s[PLAIN]['ppl'][Lc])}.",
              f"- The skip alone ({POSE_NONE} against {PLAIN}): at {Lt} {compare(s[POSE_NONE]['ppl'][Lt], s[PLAIN]['ppl'][Lt])}"
              f"; at {Lc}, {compare(s[POSE_NONE]['ppl'][Lc], s[PLAIN]['ppl'][Lc])}.",
-             f"- **The skip on top of interpolation** ({POSE} against {SCALED}): "
-             + "; ".join(f"at {L} {compare(s[POSE]['ppl'][L], s[SCALED]['ppl'][L])}" for L in L8)
+             f"- **The skip on top of interpolation** ({POSE} against {SCALED}, {s[POSE]['seeds']} and "
+             f"{s[SCALED]['seeds']} seeds{'; p: exact permutation test on log perplexity' * seeded}): "
+             + "; ".join(f"at {L} {tested(s, POSE, SCALED, L) if seeded else compare(s[POSE]['ppl'][L], s[SCALED]['ppl'][L])}"
+                         for L in L8)
              + f". Passkey, {POSE}: {keys(POSE)}; {SCALED}: {keys(SCALED)}."]
     if BETWEEN in s:
         lines.append(f"- **This project's passkey rows with the skip between key and question** ({BETWEEN} against "
@@ -938,8 +942,9 @@ def report(cfg, s, evals, tracks, spent):
 
 
 def notes(cfg, minutes, t_train, invocations=1):
-    seeds = (f"{cfg.seeds} seeds (1337…{1336 + cfg.seeds}) for the 2 × 2, the passkey variant and N = 3 at 64×, "
-             f"{cfg.long_seeds} for PoSE and interpolation only at 64×, one for the other rows" if cfg.seeds > 1 else
+    seeds = (f"{cfg.long_seeds} seeds (1337…{1336 + cfg.long_seeds}) for PoSE and interpolation only at 8× and 64×, "
+             f"{cfg.seeds} for the 2 × 2's unscaled rows, the passkey variant and N = 3 at 64×, one for the other rows"
+             if cfg.seeds > 1 else
              "one seed (1337) for every run: spreads marked * are not measured")
     return (f"{cfg.steps} steps × {cfg.batch_size} rows of 128-token windows for every run (Full-length: "
             f"{Lt}-token windows), {seeds}; ± is the sd over seeds (* a one-seed row: the seeded runs' typical "

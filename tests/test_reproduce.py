@@ -199,8 +199,9 @@ def test_long_evaluations_read_the_perplexity_at_each_length_off_the_loss_at_eve
 
 def test_the_two_by_two_text_reads_the_numbers():
     text = reproduce.two_by_two(reproduce.summarize(plausible(), MEMS))
-    assert f"**The skip on top of interpolation** ({POSE} against {SCALED})" in text
-    assert "at 1024 6.4% lower" in text and "at 128 2.1% lower" in text  # 44 vs 47, 47 vs 48, spreads ± 0.3
+    assert f"**The skip on top of interpolation** ({POSE} against {SCALED}, 3 and 3 seeds; p: exact permutation" in text
+    assert "at 1024 6.4% lower, p = 0.1." in text and "at 128 2.1% lower, p = 0.1;" in text  # 44 vs 47, 47 vs 48,
+    # spreads ± 0.3: every seed of one below every seed of the other, the least p 3 against 3 seeds can give
     close = plausible(**{POSE: [seed_eval([47.8 + d, 46, 45, 44]) for d in (-1, 0, 1)]})
     assert "at 128 no difference at this size (-0.4%)" in reproduce.two_by_two(reproduce.summarize(close, MEMS))
 
