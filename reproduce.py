@@ -444,9 +444,18 @@ def permutation_p(a, b):
     return sum(gap(g) >= observed - 1e-12 for g in splits) / len(splits)
 
 
+TEST = "; p: exact permutation test on log perplexity, a difference where p < 0.05"
+
+
 def tested(s, a, b, L):
-    """'x% lower than b (p = …)' for models a and b at length L: compare()'s words and the permutation test."""
-    return f"{compare(s[a]['ppl'][L], s[b]['ppl'][L])}, p = {permutation_p(s[a]['per_seed'][L], s[b]['per_seed'][L]):.3g}"
+    """'x% lower, p = …' for models a and b at length L, judged by the permutation test where one is run (p < 0.05: a
+    difference; else 'no difference at this size'), not by compare()'s overlap of spreads."""
+    x, y = s[a]["ppl"][L], s[b]["ppl"][L]
+    p = permutation_p(s[a]["per_seed"][L], s[b]["per_seed"][L])
+    change = x.mean / y.mean - 1
+    words = f"{abs(change):.1%} {'lower' if change < 0 else 'higher'}" if p < 0.05 else \
+        f"no difference at this size ({change:+.1%})"
+    return f"{words}, p = {p:.3g}"
 
 
 def summarize(evals, mems):
@@ -567,17 +576,20 @@ def two_by_two(s):
              f"- The skip alone ({POSE_NONE} against {PLAIN}): at {Lt} {compare(s[POSE_NONE]['ppl'][Lt], s[PLAIN]['ppl'][Lt])}"
              f"; at {Lc}, {compare(s[POSE_NONE]['ppl'][Lc], s[PLAIN]['ppl'][Lc])}.",
              f"- **The skip on top of interpolation** ({POSE} against {SCALED}, {s[POSE]['seeds']} and "
-             f"{s[SCALED]['seeds']} seeds{'; p: exact permutation test on log perplexity' * seeded}): "
-             + "; ".join(f"at {L} {tested(s, POSE, SCALED, L) if seeded else compare(s[POSE]['ppl'][L], s[SCALED]['ppl'][L])}"
-                         for L in L8)
+             f"{s[SCALED]['seeds']} seeds{TEST * seeded}): "
+             + "; ".join(f"at {L} " + (tested(s, POSE, SCALED, L) if seeded else
+                                         compare(s[POSE]["ppl"][L], s[SCALED]["ppl"][L])) for L in L8)
              + f". Passkey, {POSE}: {keys(POSE)}; {SCALED}: {keys(SCALED)}."]
     if BETWEEN in s:
+        both = seeded and s[BETWEEN]["seeds"] > 1
         lines.append(f"- **This project's passkey rows with the skip between key and question** ({BETWEEN} against "
-                     f"{POSE}): " + "; ".join(f"at {L} {compare(s[BETWEEN]['ppl'][L], s[POSE]['ppl'][L])}" for L in L8)
+                     f"{POSE}, {s[BETWEEN]['seeds']} and {s[POSE]['seeds']} seeds{TEST * both}): "
+                     + "; ".join(f"at {L} " + (tested(s, BETWEEN, POSE, L) if both else
+                                               compare(s[BETWEEN]["ppl"][L], s[POSE]["ppl"][L])) for L in L8)
                      + f". Passkey, {BETWEEN}: {keys(BETWEEN)}.")
     if POSE64 in s and SCALED64 in s:
         lines.append(f"- **At 64·Lc** ({POSE64} against {SCALED64}, both s = 64, {s[POSE64]['seeds']} and "
-                     f"{s[SCALED64]['seeds']} seeds; p: exact permutation test on log perplexity): "
+                     f"{s[SCALED64]['seeds']} seeds{TEST}): "
                      + "; ".join(f"at {L} {tested(s, POSE64, SCALED64, L)}" for L in L64) + ".")
     return grid + "\n" + "\n".join(lines) + "\n"
 
@@ -599,7 +611,8 @@ def table5(s):
             for N, a, b in ((1, SCALED, SCALED64), (2, POSE, POSE64), (3, POSE3, POSE3_64))]
     return markdown(["chunks", "paper: 2k → 16k, ppl @2k / @16k", f"here 8·Lc: ppl @{Lc} / @{Lt} (seeds)",
                      f"here 64·Lc: ppl @{Lt} / @{Lt64} (seeds)"], rows) + (
-        f"\nN = 3 against N = 2 at 64·Lc: " + "; ".join(f"at {L} {tested(s, POSE3_64, POSE64, L)}" for L in L64) + ".\n")
+        f"\nN = 3 against N = 2 at 64·Lc ({TEST.removeprefix('; ')}): "
+        + "; ".join(f"at {L} {tested(s, POSE3_64, POSE64, L)}" for L in L64) + ".\n")
 
 
 def scalings(s):
@@ -900,8 +913,8 @@ def report(cfg, s, evals, tracks, spent):
         (ppl_table, [note, "", "![loss at every position](plots/position_loss.png)", "", ppl_table,
                      "Passkey retrieval, teacher-forced, pooled over seeds, with 95% intervals. " + agree, "",
                      key_table, "![passkey beyond Lc](plots/passkey.png) ![perplexity](plots/ppl.png)", ""]),
-        (reading, ["**What each part of PoSE does** (mean ± sd over seeds; a difference inside the spreads is "
-                   "\"no difference at this size\"):", "", reading]),
+        (reading, ["**What each part of PoSE does** (mean ± sd over seeds; a difference inside the spreads, or with "
+                   "p ≥ 0.05 where a test is given, is \"no difference at this size\"):", "", reading]),
         (long_table, [f"**How far it reaches: the paper's 64× in miniature.** The loss at every position of {Lt64}-token "
                       f"windows laid end to end over the first {cfg.long_tokens} tokens of each held-out book (BOS first "
                       f"in each); the perplexity at L is exp of its mean over positions 0 … L − 1, i.e. each window's "
