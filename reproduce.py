@@ -159,7 +159,7 @@ class Jobs:
 
     def __init__(self, workers, clock=None):
         self.workers, self.env = workers, os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        self.ran, self.clock = 0, clock  # jobs run so far; a Clock told of every finished job
+        self.clock = clock  # told of every finished job
         self.running, self.stopped, self.left, self.signum, self.failed = {}, [], 0, None, False
         self.lock = threading.RLock()  # reentrant: a second signal's handler may interrupt the first's
 
@@ -209,7 +209,6 @@ class Jobs:
             if rc:
                 raise RuntimeError(f"{label} failed (exit status {rc}): {tail(log)} (all of it: {log})")
             done.append(label)
-            self.ran += 1
             if self.clock:
                 self.clock.tick()
             print(f"[{len(done)}/{len(jobs)}] {label}: {(time.time() - start) / 60:.1f} min "
@@ -419,10 +418,10 @@ def verdict(a, b, factor=1.0):
     return "no difference at this size"
 
 
-def compare(a, b):
-    """'x% lower' / 'x% higher' than b, or 'no difference at this size' when the spreads overlap (one seed each: no
-    spread to judge by, and said so)."""
-    if verdict(a, b) == verdict(b, a) == "no difference at this size":
+def compare(a, b, p=None):
+    """'x% lower' / 'x% higher' than b, or 'no difference at this size': when p, a permutation test's, is given and
+    at least 0.05, else when the spreads overlap (one seed each: no spread to judge by, and said so)."""
+    if p >= 0.05 if p is not None else verdict(a, b) == verdict(b, a) == "no difference at this size":
         return f"no difference at this size ({a.mean / b.mean - 1:+.1%})"
     one_seed = " (one seed: no spread to judge it by)" if a.n == b.n == 1 and a.low == a.high else ""
     return f"{abs(a.mean / b.mean - 1):.1%} {'lower' if a.mean < b.mean else 'higher'}{one_seed}"
@@ -448,14 +447,12 @@ TEST = "; p: exact permutation test on log perplexity, a difference where p < 0.
 
 
 def tested(s, a, b, L):
-    """'x% lower, p = …' for models a and b at length L, judged by the permutation test where one is run (p < 0.05: a
-    difference; else 'no difference at this size'), not by compare()'s overlap of spreads."""
-    x, y = s[a]["ppl"][L], s[b]["ppl"][L]
+    """compare()'s words for models a and b at length L, judged by the permutation test and followed by its p where
+    both have seeds to test (p < 0.05: a difference); with one seed on a side, by the spreads alone."""
+    if min(s[a]["seeds"], s[b]["seeds"]) < 2:
+        return compare(s[a]["ppl"][L], s[b]["ppl"][L])
     p = permutation_p(s[a]["per_seed"][L], s[b]["per_seed"][L])
-    change = x.mean / y.mean - 1
-    words = f"{abs(change):.1%} {'lower' if change < 0 else 'higher'}" if p < 0.05 else \
-        f"no difference at this size ({change:+.1%})"
-    return f"{words}, p = {p:.3g}"
+    return f"{compare(s[a]['ppl'][L], s[b]['ppl'][L], p)}, p = {p:.3g}"
 
 
 def summarize(evals, mems):
@@ -577,15 +574,13 @@ def two_by_two(s):
              f"; at {Lc}, {compare(s[POSE_NONE]['ppl'][Lc], s[PLAIN]['ppl'][Lc])}.",
              f"- **The skip on top of interpolation** ({POSE} against {SCALED}, {s[POSE]['seeds']} and "
              f"{s[SCALED]['seeds']} seeds{TEST * seeded}): "
-             + "; ".join(f"at {L} " + (tested(s, POSE, SCALED, L) if seeded else
-                                         compare(s[POSE]["ppl"][L], s[SCALED]["ppl"][L])) for L in L8)
+             + "; ".join(f"at {L} {tested(s, POSE, SCALED, L)}" for L in L8)
              + f". Passkey, {POSE}: {keys(POSE)}; {SCALED}: {keys(SCALED)}."]
     if BETWEEN in s:
         both = seeded and s[BETWEEN]["seeds"] > 1
         lines.append(f"- **This project's passkey rows with the skip between key and question** ({BETWEEN} against "
                      f"{POSE}, {s[BETWEEN]['seeds']} and {s[POSE]['seeds']} seeds{TEST * both}): "
-                     + "; ".join(f"at {L} " + (tested(s, BETWEEN, POSE, L) if both else
-                                               compare(s[BETWEEN]["ppl"][L], s[POSE]["ppl"][L])) for L in L8)
+                     + "; ".join(f"at {L} {tested(s, BETWEEN, POSE, L)}" for L in L8)
                      + f". Passkey, {BETWEEN}: {keys(BETWEEN)}.")
     if POSE64 in s and SCALED64 in s:
         lines.append(f"- **At 64·Lc** ({POSE64} against {SCALED64}, both s = 64, {s[POSE64]['seeds']} and "
@@ -637,7 +632,9 @@ def track_table(tracks):
 
 def checks(s, tracks=None):
     """The paper's claims as rows (claim, verdict, the numbers), each judged with the spreads: 'no difference at
-    this size' where the two sides overlap. A claim about a model this run did not train is marked 'not run'."""
+    this size' where the two sides overlap. A claim about a model this run did not train (or, for Figure 3(c), did
+    not evaluate during fine-tuning: `tracks`) is marked 'not run'."""
+    tracks = tracks or {}
     p = {n: v["ppl"] for n, v in s.items()}
     key_ = {n: v.get("passkey", {}) for n, v in s.items()}
     base64, base256 = key("base", "64x"), key("base", "256x")
@@ -655,6 +652,8 @@ def checks(s, tracks=None):
                                                    for L in lengths)
 
     def steps_within(factor):
+        if POSE not in tracks or FULL not in tracks:
+            raise KeyError("tracked")  # PoSE or Full-length not evaluated during fine-tuning (--quick=true)
         pose, full = tracks[POSE], tracks[FULL]
         worst_ratio = max(math.exp(pose[st][Lt] - full[st][Lt]) for st in pose if st in full)
         return verdict(worst_ratio, 1.0, factor), f"PoSE / Full-length at most {worst_ratio:.3f}× (steps " + \
@@ -721,9 +720,8 @@ def checks(s, tracks=None):
     for claim, ok, numbers in claims:
         try:
             rows.append([claim, ok(), numbers()])
-        except (KeyError, TypeError) as missing:  # a model this run did not train (no tracks: TypeError)
-            what = missing.args[0] if isinstance(missing, KeyError) else "tracked"
-            rows.append([claim, "not run", f"no {what} model in this run"])
+        except KeyError as missing:  # a model this run did not train, or did not track
+            rows.append([claim, "not run", f"no {missing.args[0]} model in this run"])
     return markdown(["claim (paper)", "here", "measured (mean ± sd over seeds; rates with 95% intervals)"], rows)
 
 

@@ -185,6 +185,8 @@ def test_a_run_without_some_models_marks_their_claims_not_run():
     lines = reproduce.checks(reproduce.summarize(e, {POSE: MEMS[POSE]}), None).splitlines()[2:]
     v = [line.split(" | ")[1] for line in lines]
     assert [i for i, x in enumerate(v) if x == "not run"] == [2, 4, 5, 6, 8, 9, 10, 11, 12, 14, 15, 16]
+    quick = reproduce.checks(reproduce.summarize(plausible(), MEMS), {}).splitlines()[2:]  # --quick=true tracks none
+    assert [line for line in quick if "Figure 3(c)" in line][0].endswith("| not run | no tracked model in this run |")
 
 
 def test_long_evaluations_read_the_perplexity_at_each_length_off_the_loss_at_every_position(tmp_path):
