@@ -22,6 +22,7 @@ import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -406,11 +407,12 @@ def train(cfg):
     fwd = torch.compile(model) if cfg.compile else model
     ctx = nullcontext() if cfg.dtype == "float32" else torch.autocast(device.split(":")[0], dtype=getattr(torch, cfg.dtype))
     log, t_start, start_step = Log(cfg, bool(resume), rank == 0, step), time.time(), step  # and out_dir is ours
+    evaluate_now = partial(evaluate, raw_model(model), eval_docs, cfg, start_id(tok), ctx, device)  # {L: loss}
     if resume and not os.path.lexists(os.path.join(cfg.out_dir, "latest")):
         say(f"{cfg.out_dir}/latest is missing: resuming from the newest complete checkpoint there")
     say(f"resumed from {resume} at step {step}" if resume else f"training into {cfg.out_dir}")
     if cfg.eval_interval and not resume:  # where fine-tuning starts from, on the documents every later evaluation reads
-        log.eval(0, evaluate(raw_model(model), eval_docs, cfg, start_id(tok), ctx, device))
+        log.eval(0, evaluate_now())
     while step < cfg.max_steps:
         lr = get_lr(step, cfg)
         for g in optimizer.param_groups:
@@ -444,14 +446,14 @@ def train(cfg):
             log.train(step, loss_sum.item(), lr, grad_norm.item(), memory_peak(device),
                       (time.time() - t_start) / (step - start_step), world)
         if cfg.eval_interval and step % cfg.eval_interval == 0 and not stop:
-            log.eval(step, evaluate(raw_model(model), eval_docs, cfg, start_id(tok), ctx, device))
+            log.eval(step, evaluate_now())
         if (cfg.ckpt_interval and step % cfg.ckpt_interval == 0) or step == cfg.max_steps or stop:
             save_checkpoint(model, optimizer, scaler, step, rng, cfg, base_from, tok_files)
         if stop:
             why = "interrupted" if signal_name() == "SIGINT" else f"stopped by {signal_name()}"
             raise Interrupted(f"{why} at step {step}; --init_from=resume continues from {cfg.out_dir}")
     if not cfg.eval_interval or step % cfg.eval_interval:
-        log.eval(step, evaluate(raw_model(model), eval_docs, cfg, start_id(tok), ctx, device))
+        log.eval(step, evaluate_now())
     save_model(model, cfg, os.path.join(cfg.out_dir, "final"), tok_files)
     say(f"saved {os.path.join(cfg.out_dir, 'final')} ({(time.time() - t_start) / 60:.1f} min)")
     return model
